@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Prepare a machine and this checkout for edgepipe: Debian packages (compiler,
+# adb, offline Bazel), the project virtual environment in <repo>/.venv, the
+# pinned requirements and an editable install of the project itself.
+#
+# Idempotent: every step first checks whether it is already done, so a second
+# run only inspects the state and finishes in seconds.
+#
+# Environment:
+#   PYTHON   interpreter used to create .venv (default: python3); must be >= 3.11.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$REPO_ROOT/.venv"
+PYTHON="${PYTHON:-python3}"
+
+# build-essential: C++ toolchain for the native runner and kernels.
+# python3-venv/python3-dev: venv creation and headers for the system Python.
+# bazel-bootstrap (+ its JDK): the offline Bazel 4 build; bazel-rules-java and
+# bazel-rules-proto are the local copies of rules Bazel would otherwise download
+# (see WORKSPACE); zip/unzip are used by Bazel for runfiles and test outputs.
+DEBIAN_PACKAGES=(
+    build-essential
+    python3-venv
+    python3-dev
+    adb
+    bazel-bootstrap
+    bazel-rules-java
+    bazel-rules-proto
+    default-jdk-headless
+    zip
+    unzip
+)
+
+log() { printf 'setup: %s\n' "$*"; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
+
+install_debian_packages() {
+    local missing=() pkg
+    for pkg in "${DEBIAN_PACKAGES[@]}"; do
+        if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+            missing+=("$pkg")
+        fi
+    done
+    if [ "${#missing[@]}" -eq 0 ]; then
+        log "Debian packages: all present"
+        return
+    fi
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null || die "missing Debian packages (${missing[*]}); run as root or install sudo"
+        sudo=(sudo)
+    fi
+    log "Debian packages: installing ${missing[*]}"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# pip (with this machine's config) warns for every extra index location that has
+# no entry for a package; those lines are noise, anything else is shown.
+quiet_pip() {
+    "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" \
+        2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+
+ensure_venv() {
+    if [ -x "$VENV/bin/python" ]; then
+        log "virtualenv: $VENV present"
+        return
+    fi
+    command -v "$PYTHON" >/dev/null || die "no '$PYTHON' on PATH"
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || die "$PYTHON is $("$PYTHON" --version 2>&1); edgepipe needs Python >= 3.11"
+    log "virtualenv: creating $VENV with $("$PYTHON" --version 2>&1)"
+    "$PYTHON" -m venv "$VENV"
+}
+
+# Run "pip install ARGS" only when FILE's content differs from the last
+# successful install recorded in STAMP (the stamp lives inside .venv, so a fresh
+# venv always installs).
+install_if_changed() {
+    local what="$1" file="$2" stamp="$3"; shift 3
+    local hash
+    hash="$(sha256_of "$file")"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$hash" ]; then
+        log "$what: up to date"
+        return
+    fi
+    log "$what: installing"
+    quiet_pip install "$@"
+    printf '%s\n' "$hash" > "$stamp"
+}
+
+install_debian_packages
+ensure_venv
+install_if_changed "requirements" "$REPO_ROOT/requirements.txt" "$VENV/.requirements.sha256" \
+    -r "$REPO_ROOT/requirements.txt"
+install_if_changed "edgepipe (editable)" "$REPO_ROOT/pyproject.toml" "$VENV/.pyproject.sha256" \
+    --no-deps -e "$REPO_ROOT"
+log "done"
