@@ -1,0 +1,159 @@
+"""The `edgepipe` command: run, inspect, summary, bench.
+
+`edgepipe COMMAND [flags]`; every command's flags are absl flags, listed with
+`edgepipe COMMAND --help`. A user mistake prints one line and exits 1.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from absl import app, flags, logging
+
+from core.errors import UserError
+
+FLAGS = flags.FLAGS
+
+# run
+flags.DEFINE_string("config", None, "YAML run config (default: pipelines/configs/default.yaml).")
+flags.DEFINE_string("output_dir", None, "Run folder for artifacts, results.json and report.md "
+                    "(overrides the config's output_dir).")
+flags.DEFINE_multi_string("set", [], "Override a config value: KEY=VALUE with a dotted key; "
+                          "models by name, e.g. --set models.gru.train.epochs=3.")
+flags.DEFINE_list("models", None, "Only run these configured models (by name).")
+# summary
+flags.DEFINE_string("builder", "mobilenet_v1", "summary: registered model, module:function, or "
+                    "saved model path.")
+flags.DEFINE_list("input_shape", ["224", "224", "3"], "summary: input shape without batch.")
+flags.DEFINE_integer("num_classes", 1000, "summary: number of classes.")
+flags.DEFINE_multi_string("option", [], "summary: builder option NAME=VALUE (YAML value), "
+                          "e.g. --option alpha=0.5.")
+# bench
+flags.DEFINE_string("model", None, "bench: the .tflite file to measure.")
+flags.DEFINE_list("target", ["host"], "bench: benchmark targets.")
+flags.DEFINE_list("threads", ["1"], "bench/run: thread counts, e.g. 1,2,4.")
+flags.DEFINE_integer("warmup_runs", 5, "bench: untimed runs before measuring.")
+flags.DEFINE_integer("num_runs", 50, "bench: timed runs (at least).")
+flags.DEFINE_float("min_secs", 0.0, "bench: keep running until this many seconds have passed.")
+flags.DEFINE_string("json_output", None, "bench: also write the results as JSON to this file.")
+
+
+def _yaml_value(text: str):
+    import yaml
+    return yaml.safe_load(text)
+
+
+def _ints(values: list[str], flag: str) -> list[int]:
+    try:
+        return [int(v) for v in values]
+    except ValueError:
+        raise UserError(f"--{flag} takes comma-separated integers, got {','.join(values)!r}.") \
+            from None
+
+
+def command_run(args: list[str]) -> None:
+    from pipelines.config import load_config
+    from pipelines.report import variants_table
+    from pipelines.run import run_pipeline
+
+    overrides = list(FLAGS.set)
+    if FLAGS.output_dir:
+        overrides.append(f"output_dir={FLAGS.output_dir}")
+    config = load_config(FLAGS.config, overrides)
+    if FLAGS.models:
+        missing = set(FLAGS.models) - {m.name for m in config.models}
+        if missing:
+            raise UserError(f"--models: no model named {sorted(missing)[0]!r}; configured models "
+                            f"are {', '.join(m.name for m in config.models)}.")
+        config.models = [m for m in config.models if m.name in FLAGS.models]
+    if FLAGS["threads"].present:
+        config.benchmark.threads = _ints(FLAGS.threads, "threads")
+    results = run_pipeline(config)
+    print(variants_table(results["variants"]))
+    print("\nstage times: " + ", ".join(f"{k} {v:.1f}s" for k, v in
+                                        results["stage_seconds"].items()))
+    out = Path(config.output_dir)
+    print(f"results: {out / 'results.json'}\nreport:  {out / 'report.md'}")
+
+
+def command_inspect(args: list[str]) -> None:
+    from tflite.inspect import format_model_info, inspect_model
+
+    if len(args) != 1:
+        raise UserError("usage: edgepipe inspect MODEL.tflite")
+    print(format_model_info(inspect_model(args[0])))
+
+
+def command_summary(args: list[str]) -> None:
+    from models.registry import build_model
+    from models.summary import format_summary, summarize
+
+    options = {}
+    for item in FLAGS.option:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--option {item!r}: expected NAME=VALUE, e.g. alpha=0.5.")
+        options[name] = _yaml_value(value)
+    shape = tuple(_ints(FLAGS.input_shape, "input_shape"))
+    print(format_summary(summarize(build_model(FLAGS.builder, shape, FLAGS.num_classes, options))))
+
+
+def command_bench(args: list[str]) -> None:
+    from core import atomic
+    from pipelines.benchmark import summarize as summarize_latency, targets_from_names
+    from pipelines.config import BenchmarkConfig
+    from pipelines.report import benchmarks_table
+
+    if not FLAGS.model:
+        raise UserError("bench needs --model PATH.tflite.")
+    path = Path(FLAGS.model)
+    if not path.is_file():
+        raise UserError(f"--model {FLAGS.model!r} does not exist.")
+    settings = BenchmarkConfig(targets=FLAGS.target, threads=_ints(FLAGS.threads, "threads"),
+                               warmup_runs=FLAGS.warmup_runs, num_runs=FLAGS.num_runs,
+                               min_secs=FLAGS.min_secs)
+    rows = []
+    for target in targets_from_names(settings.targets):
+        for threads in settings.threads:
+            rows.append(summarize_latency(target.measure(path, threads, settings),
+                                          target.name, threads))
+    print(benchmarks_table([{"model": path.stem, "name": path.name, "benchmarks": rows}]))
+    if FLAGS.json_output:
+        atomic.write_text(FLAGS.json_output, json.dumps({"model": str(path), "benchmarks": rows},
+                                                        indent=2) + "\n")
+
+
+COMMANDS = {"run": command_run, "inspect": command_inspect, "summary": command_summary,
+            "bench": command_bench}
+
+USAGE = """usage: edgepipe COMMAND [flags]
+
+commands:
+  run       train, optimize, convert, validate, benchmark and report (default config if none)
+  inspect   show ops, tensors, quantization and sparsity of a .tflite file
+  summary   parameters and mult-adds per layer of a model builder
+  bench     benchmark a .tflite file on the host
+
+`edgepipe COMMAND --help` lists the flags."""
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        print(USAGE, file=sys.stderr)
+        sys.exit(2)
+    command = sys.argv[1]
+
+    def dispatch(argv: list[str]) -> None:
+        logging.set_verbosity(logging.INFO)
+        try:
+            COMMANDS[command](argv[1:])
+        except UserError as e:
+            print(f"edgepipe {command}: error: {e}", file=sys.stderr)
+            sys.exit(1)
+
+    app.run(dispatch, argv=[f"edgepipe {command}", *sys.argv[2:]])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Data sets: the built-in digits, a user's .npz or image folder, or a tf.data set.
+
+Everything becomes in-memory NumPy arrays, because validation, int8 calibration
+and the benchmarks all need the same examples again and again. Splits are
+stratified-free permutations with a fixed seed, so a run is repeatable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import UserError
+from pipelines.config import DataConfig
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+@dataclass
+class Dataset:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    description: str
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+def split(x: np.ndarray, y: np.ndarray, config: DataConfig, num_classes: int,
+          description: str) -> Dataset:
+    """Deterministic train/val/test split of one pool of examples."""
+    if len(x) != len(y):
+        raise UserError(f"data {description}: {len(x)} inputs but {len(y)} labels.")
+    if not (0 < config.test_fraction < 1 and 0 <= config.val_fraction < 1
+            and config.test_fraction + config.val_fraction < 1):
+        raise UserError("data.test_fraction and data.val_fraction must be fractions that add "
+                        "up to less than 1, e.g. 0.2 and 0.1.")
+    order = np.random.default_rng(config.seed).permutation(len(x))
+    n_test = max(1, int(round(len(x) * config.test_fraction)))
+    n_val = int(round(len(x) * config.val_fraction))
+    test, val, train = np.split(order, [n_test, n_test + n_val])
+    if len(train) == 0:
+        raise UserError(f"data {description}: only {len(x)} examples, none left for training.")
+    return Dataset(x[train], y[train], x[val], y[val], x[test], y[test], num_classes, description)
+
+
+def _resize_images(images: np.ndarray, resolution: int) -> np.ndarray:
+    from core.keras_env import tf
+    return tf.image.resize(images, (resolution, resolution), method="bilinear").numpy()
+
+
+def load_digits(config: DataConfig) -> Dataset:
+    """scikit-learn's 8x8 handwritten digits (1797 examples, shipped with the package).
+
+    As images they are scaled to [0, 1] and resized for the CNN; as sequences each
+    of the 8 rows is one time step of 8 features, for the GRU.
+    """
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    digits = sklearn_digits()
+    images = (digits.images / 16.0).astype(np.float32)
+    labels = digits.target.astype(np.int32)
+    if config.kind == "sequence":
+        return split(images, labels, config, 10, "digits (8 time steps x 8 features)")
+    images = _resize_images(images[..., None], config.resolution).astype(np.float32)
+    return split(images, labels, config, 10,
+                 f"digits ({config.resolution}x{config.resolution}x1 images)")
+
+
+def load_npz(path: Path, config: DataConfig) -> Dataset:
+    """A .npz with either x, y (split here) or x_train, y_train, x_test, y_test."""
+    with np.load(path, allow_pickle=False) as arrays:
+        keys = set(arrays.files)
+        if {"x_train", "y_train", "x_test", "y_test"} <= keys:
+            x_train, y_train = arrays["x_train"], arrays["y_train"].astype(np.int32)
+            x_test, y_test = arrays["x_test"], arrays["y_test"].astype(np.int32)
+            x_train = _as_float_or_int(x_train)
+            x_test = _as_float_or_int(x_test)
+            num_classes = int(max(y_train.max(), y_test.max())) + 1
+            n_val = int(round(len(x_train) * config.val_fraction))
+            order = np.random.default_rng(config.seed).permutation(len(x_train))
+            val, train = order[:n_val], order[n_val:]
+            return Dataset(x_train[train], y_train[train], x_train[val], y_train[val],
+                           x_test, y_test, num_classes, f"{path.name}")
+        if {"x", "y"} <= keys:
+            y = arrays["y"].astype(np.int32)
+            return split(_as_float_or_int(arrays["x"]), y, config, int(y.max()) + 1, path.name)
+    raise UserError(f"data file {str(path)!r} holds arrays {sorted(keys)}; it needs either "
+                    "'x' and 'y', or 'x_train', 'y_train', 'x_test' and 'y_test'.")
+
+
+def _as_float_or_int(x: np.ndarray) -> np.ndarray:
+    """Token ids stay integers (for Embedding inputs); everything else becomes float32."""
+    return x.astype(np.int32) if np.issubdtype(x.dtype, np.integer) and x.ndim == 2 \
+        else x.astype(np.float32)
+
+
+def load_image_folder(root: Path, config: DataConfig) -> Dataset:
+    """One sub-folder per class; images are resized and scaled to [0, 1]."""
+    from PIL import Image
+
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if len(classes) < 2:
+        raise UserError(f"image folder {str(root)!r} needs one sub-folder per class (at least "
+                        f"two); found {len(classes)}.")
+    mode = {1: "L", 3: "RGB"}.get(config.channels)
+    if mode is None:
+        raise UserError(f"data.channels must be 1 or 3 for image folders, got {config.channels}.")
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for file in sorted((root / name).iterdir()):
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(file) as image:
+                    image = image.convert(mode).resize((config.resolution, config.resolution))
+                    pixels = np.asarray(image, dtype=np.float32) / 255.0
+            except OSError as e:
+                raise UserError(f"image {str(file)!r} cannot be read ({e}); remove it or "
+                                "replace it with a valid image.") from None
+            images.append(pixels.reshape(config.resolution, config.resolution, config.channels))
+            labels.append(label)
+    if not images:
+        raise UserError(f"image folder {str(root)!r} has no images ({', '.join(IMAGE_SUFFIXES)}).")
+    return split(np.stack(images), np.array(labels, np.int32), config, len(classes), root.name)
+
+
+def from_tf_dataset(dataset, config: DataConfig, num_classes: int | None = None) -> Dataset:
+    """Materialize a (possibly batched) tf.data.Dataset of (x, y) pairs and split it.
+
+    For use from Python: `run_pipeline(config, datasets={"mymodel": from_tf_dataset(ds, ...)})`.
+    """
+    xs, ys = [], []
+    for x, y in dataset.as_numpy_iterator():
+        batched = np.ndim(y) > 0
+        xs.append(x if batched else x[None])
+        ys.append(np.atleast_1d(y))
+    if not xs:
+        raise UserError("the tf.data dataset is empty.")
+    x = _as_float_or_int(np.concatenate(xs))
+    y = np.concatenate(ys).astype(np.int32)
+    return split(x, y, config, num_classes or int(y.max()) + 1, "tf.data dataset")
+
+
+def load_dataset(config: DataConfig) -> Dataset:
+    """The data set a model config names."""
+    if config.source == "digits":
+        return load_digits(config)
+    path = Path(config.source).expanduser()
+    if path.is_dir():
+        return load_image_folder(path, config)
+    if path.suffix == ".npz" and path.is_file():
+        return load_npz(path, config)
+    raise UserError(f"data.source {config.source!r} is neither 'digits', an existing .npz file "
+                    "nor an image folder with one sub-folder per class.")

@@ -1,0 +1,90 @@
+"""The training phases: float training, pruning fine-tune, QAT and prune-preserving QAT.
+
+Each phase starts from the previous phase's Keras model and returns a new one,
+plus what it measured (history, sparsity per layer).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from core.errors import UserError
+from core.keras_env import keras
+from pipelines import pruning
+from pipelines.config import ModelConfig
+from pipelines.data import Dataset
+from pipelines.train import fit, steps_per_epoch
+
+import tensorflow_model_optimization as tfmot  # noqa: E402  (after core.keras_env)
+
+
+def train_float(model: keras.Model, data: Dataset, config: ModelConfig, log_dir: Path) -> dict:
+    return fit(model, data, epochs=config.train.epochs, batch_size=config.train.batch_size,
+               learning_rate=config.train.learning_rate, log_dir=log_dir)
+
+
+def prune(model: keras.Model, data: Dataset, config: ModelConfig, log_dir: Path
+          ) -> tuple[keras.Model, dict]:
+    """Fine-tune `model` under the pruning schedule; return the stripped model and
+    the sparsity achieved per pruned weight."""
+    p = config.pruning
+    total_steps = p.epochs * steps_per_epoch(data, config.train.batch_size)
+    steps = pruning.resolve_steps(p, total_steps)
+    wrapped, callbacks, layer_names = pruning.wrap_for_pruning(model, p, steps)
+    callbacks.append(tfmot.sparsity.keras.PruningSummaries(log_dir=str(log_dir)))
+    history = fit(wrapped, data, epochs=p.epochs, batch_size=config.train.batch_size,
+                  learning_rate=p.learning_rate, log_dir=log_dir, callbacks=callbacks)
+    stripped = pruning.strip(wrapped)
+    layers = pruning.layer_sparsity(stripped, layer_names)
+    return stripped, {"history": history, "schedule": p.schedule, "total_steps": total_steps,
+                      "steps": vars(steps), "layers": layers,
+                      "sparsity": pruning.overall_sparsity(layers)}
+
+
+def _unsupported_layer(message: str) -> str:
+    match = re.search(r"Layer (\S+?):", message)
+    return match.group(1) if match else "a layer"
+
+
+def _quantize(apply, model: keras.Model, config: ModelConfig) -> keras.Model:
+    try:
+        return apply(model)
+    except (RuntimeError, ValueError) as e:
+        layer = _unsupported_layer(str(e))
+        raise UserError(
+            f"model {config.name!r}: TFMOT quantization-aware training cannot wrap {layer} "
+            f"({str(e).splitlines()[0][:160]}). Remove the qat_* and pqat_* variants for this "
+            "model and use post-training quantization (dynamic_range, int8) instead.") from None
+
+
+def quantize_aware(model: keras.Model, data: Dataset, config: ModelConfig, log_dir: Path
+                   ) -> tuple[keras.Model, dict]:
+    """QAT fine-tune of the float model."""
+    qat = _quantize(tfmot.quantization.keras.quantize_model, model, config)
+    history = fit(qat, data, epochs=config.qat.epochs, batch_size=config.train.batch_size,
+                  learning_rate=config.qat.learning_rate, log_dir=log_dir)
+    return qat, {"history": history}
+
+
+def prune_preserving_qat(pruned: keras.Model, data: Dataset, config: ModelConfig,
+                         log_dir: Path, pruned_layers: list[str]) -> tuple[keras.Model, dict]:
+    """QAT of the stripped pruned model with TFMOT's prune-preserving scheme; the
+    sparsity after QAT is measured, since it is the point of the exercise."""
+    scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+
+    def apply(model):
+        annotated = tfmot.quantization.keras.quantize_annotate_model(model)
+        return tfmot.quantization.keras.quantize_apply(annotated, scheme)
+
+    pqat = _quantize(apply, pruned, config)
+    history = fit(pqat, data, epochs=config.qat.epochs, batch_size=config.train.batch_size,
+                  learning_rate=config.qat.learning_rate, log_dir=log_dir)
+    wrapped_names = pruned_layers + [f"quant_{name}" for name in pruned_layers]
+    layers = pruning.layer_sparsity(pqat, wrapped_names)
+    return pqat, {"history": history, "layers": layers,
+                  "sparsity": pruning.overall_sparsity(layers)}
+
+
+def load_scope():
+    """Custom objects needed to load saved QAT models."""
+    return tfmot.quantization.keras.quantize_scope()

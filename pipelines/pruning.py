@@ -1,0 +1,222 @@
+"""Pruning with TFMOT: schedules (including Narang et al.'s threshold schedule),
+layer selection, pitfall checks, stripping and the achieved sparsity per layer."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from absl import logging
+
+from core.errors import UserError
+from core.keras_env import keras, tf
+from pipelines.config import PruningConfig
+
+import tensorflow_model_optimization as tfmot  # noqa: E402  (after core.keras_env)
+
+sparsity = tfmot.sparsity.keras
+
+# Weights whose zeros we count: the ones TFMOT prunes in the layers we wrap.
+PRUNED_WEIGHT_SUFFIXES = ("depthwise_kernel", "recurrent_kernel", "kernel", "embeddings")
+
+
+@dataclass(frozen=True)
+class PhaseSteps:
+    """begin/ramp/end steps of one pruning phase, resolved from the config."""
+
+    begin: int
+    ramp: int
+    end: int
+    frequency: int
+
+
+def resolve_steps(config: PruningConfig, total_steps: int) -> PhaseSteps:
+    """Fill in defaults and warn about settings under which nothing gets pruned."""
+    end = config.end_step if config.end_step is not None else max(1, int(total_steps * 0.7))
+    begin = config.begin_step
+    ramp = config.ramp_step if config.ramp_step is not None else begin + int((end - begin) * 0.4)
+    if not begin <= ramp <= end:
+        raise UserError(f"pruning steps must satisfy begin_step <= ramp_step <= end_step; got "
+                        f"{begin}, {ramp}, {end}.")
+    if config.frequency > total_steps:
+        logging.warning(
+            "pruning.frequency=%d is larger than the %d optimizer steps of the pruning phase, "
+            "so the masks are never updated and nothing is pruned. Set pruning.frequency to at "
+            "most %d (e.g. %d) or raise pruning.epochs.",
+            config.frequency, total_steps, total_steps, max(1, total_steps // 10))
+    elif begin >= total_steps:
+        logging.warning(
+            "pruning.begin_step=%d is at or after the last of %d steps: nothing is pruned. Set "
+            "pruning.begin_step below %d.", begin, total_steps, total_steps)
+    elif end > total_steps and config.schedule != "m_by_n":
+        logging.warning(
+            "pruning.end_step=%d is after the last of %d steps, so target_sparsity %.2f is not "
+            "reached. Set pruning.end_step to at most %d or raise pruning.epochs.",
+            end, total_steps, config.target_sparsity, total_steps)
+    return PhaseSteps(begin, ramp, end, config.frequency)
+
+
+class NarangThreshold:
+    """The gradual threshold schedule of Narang et al. (2017), per weight tensor.
+
+    The threshold rises linearly with slope theta from start to ramp, then with
+    slope phi = 1.5 * theta until end; weights whose magnitude falls below it are
+    masked for good. theta comes from q, the chosen percentile of the weight
+    magnitudes when pruning starts (their equation 1), so that the threshold ends
+    at q and the final sparsity is near that percentile.
+    """
+
+    def __init__(self, steps: PhaseSteps, q: float):
+        self.steps = steps
+        span = 2 * (steps.ramp - steps.begin) + 3 * (steps.end - steps.ramp)
+        self.theta = 2.0 * q * steps.frequency / max(span, 1)
+        self.phi = 1.5 * self.theta
+
+    def __call__(self, step: int) -> float:
+        s = self.steps
+        step = min(step, s.end - 1)
+        if step < s.begin:
+            return 0.0
+        if step < s.ramp:
+            return self.theta * (step - s.begin + 1) / s.frequency
+        return (self.theta * (s.ramp - s.begin + 1) + self.phi * (step - s.ramp + 1)) / s.frequency
+
+
+class MasksSetByCallback(sparsity.PruningSchedule):
+    """A TFMOT schedule that never updates masks itself: NarangPruning does.
+
+    TFMOT's wrappers choose masks by a target sparsity; Narang's schedule is a
+    threshold, so the wrapper only applies the masks this project's callback sets.
+    """
+
+    def __call__(self, step):
+        return tf.constant(False), tf.constant(0.0, tf.float32)
+
+    def get_config(self):
+        return {"class_name": type(self).__name__, "config": {}}
+
+
+class NarangPruning(keras.callbacks.Callback):
+    """Applies Narang et al.'s rising threshold to every pruned weight of the model."""
+
+    def __init__(self, steps: PhaseSteps, percentile: float):
+        super().__init__()
+        self.steps = steps
+        self.percentile = percentile
+        self.schedules: dict[str, NarangThreshold] = {}
+
+    def _wrappers(self):
+        return [layer for layer in self.model.layers
+                if isinstance(layer, sparsity.PruneLowMagnitude)]
+
+    def on_train_batch_end(self, batch, logs=None):
+        wrappers = self._wrappers()
+        if not wrappers:
+            return
+        step = int(wrappers[0].pruning_step.numpy())
+        s = self.steps
+        if step < s.begin or step >= s.end or (step - s.begin) % s.frequency:
+            return
+        for layer in wrappers:
+            for weight, mask, threshold in layer.pruning_vars:
+                magnitude = np.abs(weight.numpy())
+                schedule = self.schedules.get(weight.name)
+                if schedule is None:
+                    q = float(np.quantile(magnitude, self.percentile))
+                    schedule = self.schedules[weight.name] = NarangThreshold(s, q)
+                epsilon = schedule(step)
+                new_mask = mask.numpy() * (magnitude >= epsilon)
+                mask.assign(new_mask.astype(mask.dtype.as_numpy_dtype))
+                threshold.assign(epsilon)
+                weight.assign(weight.numpy() * new_mask)
+
+
+def schedule_and_callbacks(config: PruningConfig, steps: PhaseSteps):
+    """The TFMOT schedule for the wrappers and any extra callback the schedule needs."""
+    if config.schedule == "polynomial_decay":
+        return sparsity.PolynomialDecay(config.initial_sparsity, config.target_sparsity,
+                                        steps.begin, steps.end, frequency=steps.frequency), []
+    if config.schedule == "constant":
+        return sparsity.ConstantSparsity(config.target_sparsity, steps.begin, steps.end,
+                                         frequency=steps.frequency), []
+    if config.schedule == "narang":
+        return MasksSetByCallback(), [NarangPruning(steps, config.target_sparsity)]
+    # m_by_n: TFMOT sets the structured mask once, at step 1; the schedule is unused.
+    return sparsity.ConstantSparsity(0.5, 0), []
+
+
+def _selected(name: str, patterns: list[str]) -> bool:
+    return any(re.fullmatch(p, name) for p in patterns)
+
+
+def _prunable(layer: keras.layers.Layer) -> bool:
+    return isinstance(layer, sparsity.PrunableLayer) or \
+        tfmot.sparsity.keras.prune_registry.PruneRegistry.supports(layer)
+
+
+def wrap_for_pruning(model: keras.Model, config: PruningConfig, steps: PhaseSteps
+                     ) -> tuple[keras.Model, list[keras.callbacks.Callback], list[str]]:
+    """Clone `model` with the selected layers wrapped by prune_low_magnitude.
+
+    Returns the wrapped model, the callbacks training must use and the names of the
+    wrapped layers. A selected layer TFMOT cannot prune is a UserError naming it.
+    """
+    schedule, callbacks = schedule_and_callbacks(config, steps)
+    options = dict(pruning_schedule=schedule, block_size=tuple(config.block_size))
+    if config.schedule == "m_by_n":
+        options["sparsity_m_by_n"] = tuple(config.m_by_n)
+    wrapped: list[str] = []
+
+    def clone(layer):
+        if not (_selected(layer.name, config.layers) and layer.weights):
+            return layer.__class__.from_config(layer.get_config())
+        if not _prunable(layer):
+            raise UserError(
+                f"layer {layer.name!r} ({type(layer).__name__}) matches pruning.layers but TFMOT "
+                "cannot prune it; narrow pruning.layers (regular expressions over layer names) "
+                "so it is not selected.")
+        if isinstance(layer, keras.layers.BatchNormalization):
+            return layer.__class__.from_config(layer.get_config())
+        try:
+            pruned = sparsity.prune_low_magnitude(layer, **options)
+        except ValueError as e:
+            option = "pruning.m_by_n" if config.schedule == "m_by_n" else "pruning.block_size"
+            raise UserError(f"layer {layer.name!r} ({type(layer).__name__}) cannot be pruned with "
+                            f"these settings ({e}); change {option} or exclude the layer from "
+                            "pruning.layers.") from None
+        wrapped.append(layer.name)
+        return pruned
+
+    pruned_model = keras.models.clone_model(model, clone_function=clone)
+    pruned_model.set_weights(model.get_weights())
+    if not wrapped:
+        raise UserError(f"pruning.layers {config.layers} selects no prunable layer of model "
+                        f"{model.name!r}; its layers are "
+                        f"{', '.join(l.name for l in model.layers if l.weights)}.")
+    return pruned_model, [sparsity.UpdatePruningStep(), *callbacks], wrapped
+
+
+def strip(model: keras.Model) -> keras.Model:
+    return sparsity.strip_pruning(model)
+
+
+def layer_sparsity(model: keras.Model, layer_names: list[str] | None = None) -> list[dict]:
+    """Fraction of exact zeros in each prunable weight (kernels, recurrent kernels)."""
+    rows = []
+    for layer in model.layers:
+        if layer_names is not None and layer.name not in layer_names:
+            continue
+        for weight in layer.weights:
+            short = weight.name.split("/")[-1].split(":")[0]
+            if not short.endswith(PRUNED_WEIGHT_SUFFIXES):
+                continue
+            values = weight.numpy()
+            rows.append({"layer": layer.name, "weight": short, "shape": list(values.shape),
+                         "size": int(values.size),
+                         "sparsity": float(np.mean(values == 0)) if values.size else 0.0})
+    return rows
+
+
+def overall_sparsity(rows: list[dict]) -> float:
+    total = sum(r["size"] for r in rows)
+    return sum(r["sparsity"] * r["size"] for r in rows) / total if total else 0.0

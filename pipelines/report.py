@@ -1,0 +1,128 @@
+"""results.json (the versioned record users script against), report.md and plots.
+
+The schema of results.json is documented in README.md ("results.json"); bump
+SCHEMA_VERSION whenever a field changes meaning or disappears.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from core import atomic
+
+SCHEMA_VERSION = 1
+
+
+def build_results(run: dict, models: list[dict], variants: list[dict]) -> dict:
+    return {"schema_version": SCHEMA_VERSION, **run, "models": models, "variants": variants}
+
+
+def _fmt(value, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def _first_benchmark(variant: dict) -> dict:
+    return variant["benchmarks"][0] if variant.get("benchmarks") else {}
+
+
+def variants_table(variants: list[dict]) -> str:
+    """Markdown table, one row per variant, with its first (host) benchmark."""
+    lines = ["| model | variant | size (KiB) | gzip (KiB) | sparsity | accuracy | Keras accuracy "
+             "| max abs err | top-1 agree | mean ms | p90 ms |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for v in variants:
+        b = _first_benchmark(v)
+        lines.append(
+            f"| {v['model']} | {v['name']} | {v['file_bytes'] / 1024:.1f} | "
+            f"{v['gzip_bytes'] / 1024:.1f} | {v['sparsity']:.1%} | {v['accuracy']:.2%} | "
+            f"{v['keras_accuracy']:.2%} | {v['max_abs_error']:.2e} | {v['top1_agreement']:.2%} | "
+            f"{_fmt(b.get('mean_ms'), '.3f')} | {_fmt(b.get('p90_ms'), '.3f')} |")
+    return "\n".join(lines)
+
+
+def benchmarks_table(variants: list[dict]) -> str:
+    """Markdown table of every benchmark, grouped by target."""
+    rows = sorted(((b["target"], v["model"], v["name"], b) for v in variants
+                   for b in v.get("benchmarks", [])), key=lambda r: r[0])
+    lines = ["| target | model | variant | threads | init ms | first ms | mean ms | std ms "
+             "| p50 ms | p90 ms | p99 ms |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for target, model, name, b in rows:
+        lines.append(f"| {target} | {model} | {name} | {b['threads']} | {b['init_ms']:.2f} | "
+                     f"{b['first_ms']:.3f} | {b['mean_ms']:.3f} | {b['std_ms']:.3f} | "
+                     f"{b['p50_ms']:.3f} | {b['p90_ms']:.3f} | {b['p99_ms']:.3f} |")
+    return "\n".join(lines)
+
+
+def _model_section(model: dict) -> str:
+    lines = [f"### {model['name']}", "",
+             f"- builder: `{model['builder']}` {model['options'] or ''}",
+             f"- data: {model['data']}",
+             f"- parameters: {model['params']:,}; mult-adds: {model['mult_adds'] / 1e6:.2f} M",
+             f"- Keras float accuracy (held-out): {model['keras_accuracy']:.2%}"]
+    pruned = model.get("pruning")
+    if pruned:
+        lines += [f"- pruning: {pruned['schedule']}, achieved {pruned['sparsity']:.1%} over the "
+                  "pruned weights", "", "| layer | weight | shape | sparsity |", "|---|---|---|---:|"]
+        lines += [f"| {r['layer']} | {r['weight']} | {r['shape']} | {r['sparsity']:.1%} |"
+                  for r in pruned["layers"]]
+    if model.get("pqat"):
+        lines += ["", f"- sparsity after prune-preserving QAT: {model['pqat']['sparsity']:.1%}"]
+    return "\n".join(lines)
+
+
+def render_markdown(results: dict) -> str:
+    stages = " · ".join(f"{name} {seconds:.1f}s" for name, seconds in results["stage_seconds"].items())
+    parts = [
+        "# edgepipe report", "",
+        f"Run of {results['created']} on {results['host']['platform']} "
+        f"({results['host']['cpu_count']} CPUs). Stage times: {stages}.", "",
+        "## Variants", "", variants_table(results["variants"]), "",
+        "Sizes are the .tflite file and its gzip; sparsity is the fraction of exact zeros in the "
+        "prunable weights of the Keras model the variant came from; errors and agreement compare "
+        "each variant with that Keras model on the held-out split.", "",
+        "## Benchmarks", "", benchmarks_table(results["variants"]), "",
+        "![accuracy vs size](plots/accuracy_vs_size.png) "
+        "![accuracy vs latency](plots/accuracy_vs_latency.png)", "",
+        "## Models", "", *[_model_section(m) + "\n" for m in results["models"]],
+    ]
+    return "\n".join(parts)
+
+
+def _scatter(variants: list[dict], x_of, x_label: str, title: str) -> bytes:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for model in sorted({v["model"] for v in variants}):
+        points = [(x_of(v), v["accuracy"] * 100, v["name"]) for v in variants
+                  if v["model"] == model and x_of(v) is not None]
+        if not points:
+            continue
+        xs, ys, names = zip(*points)
+        axes.scatter(xs, ys, label=model)
+        for x, y, name in points:
+            axes.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    axes.set_xlabel(x_label)
+    axes.set_ylabel("accuracy on held-out data (%)")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def write_report(results: dict, output_dir: Path) -> None:
+    variants = results["variants"]
+    atomic.write_bytes(output_dir / "plots" / "accuracy_vs_size.png",
+                       _scatter(variants, lambda v: v["file_bytes"] / 1024, "model file (KiB)",
+                                "Accuracy vs size"))
+    atomic.write_bytes(output_dir / "plots" / "accuracy_vs_latency.png",
+                       _scatter(variants, lambda v: _first_benchmark(v).get("mean_ms"),
+                                "mean latency (ms, first benchmark target)",
+                                "Accuracy vs latency"))
+    atomic.write_json(output_dir / "results.json", results)
+    atomic.write_text(output_dir / "report.md", render_markdown(results))

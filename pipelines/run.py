@@ -1,0 +1,268 @@
+"""One pipeline run: data -> train -> optimize -> convert -> validate -> benchmark -> report.
+
+Artifacts of a run folder (see README "Run folder"):
+  <model>/keras/{float,pruned,qat,pqat}.keras   trained Keras models
+  <model>/tflite/<variant>.tflite                converted variants
+  <model>/logs/<phase>/                          TensorBoard logs (with pruning summaries)
+  <model>/stages/*.json                          per-stage manifests (cache keys + records)
+  results.json, report.md, plots/*.png
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import gzip
+import hashlib
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+from absl import logging
+
+from core import atomic
+from core.errors import UserError
+from core.keras_env import keras, tf
+from models.registry import build_model, ensure_tf_keras_model
+from models.summary import summarize
+from pipelines import optimize, pruning, report
+from pipelines.benchmark import summarize as summarize_latency, targets_from_names
+from pipelines.config import ModelConfig, RunConfig, to_dict, variant_stage
+from pipelines.data import Dataset, load_dataset
+from pipelines.stages import StageRunner, stage_key
+from pipelines.train import accuracy, predict, set_seed
+from pipelines.validate import ValidationFailed, check_float32, validate_variant
+from tflite.convert import convert_model
+
+CONVERTER_QUANTIZATION = {"float32": "none", "dynamic_range": "dynamic_range",
+                          "int8": "int8", "float16": "float16"}
+
+
+def _array_digest(data: Dataset) -> str:
+    digest = hashlib.sha256()
+    for array in (data.x_train, data.y_train, data.x_val, data.y_val, data.x_test, data.y_test):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def save_keras(model: keras.Model, path: Path) -> None:
+    """Save atomically: Keras writes a temporary .keras file that is then renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
+    try:
+        model.save(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def load_keras(path: Path) -> keras.Model:
+    with optimize.load_scope():
+        return keras.models.load_model(path, compile=False)
+
+
+class ModelRun:
+    """The stages of one configured model inside a run folder."""
+
+    def __init__(self, config: ModelConfig, run: RunConfig, stages: StageRunner,
+                 data: Dataset, model: keras.Model | None):
+        self.config = config
+        self.run = run
+        self.stages = stages
+        self.data = data
+        self.given_model = model
+        self.folder = Path(run.output_dir) / config.name
+        self.keys: dict[str, str] = {}
+        self.records: dict[str, dict] = {}
+        self._keras: dict[str, keras.Model] = {}
+        self._keras_outputs: dict[str, np.ndarray] = {}
+
+    # -- training phases -------------------------------------------------------------
+
+    def _phase(self, phase: str, key: str, compute) -> None:
+        """Run one Keras phase whose output is keras/<phase>.keras."""
+        path = self.folder / "keras" / f"{phase}.keras"
+
+        def run_phase() -> dict:
+            model, record = compute()
+            save_keras(model, path)
+            self._keras[phase] = model
+            return record
+
+        self.keys[phase] = key
+        self.records[phase] = self.stages.run(self.config.name, phase, key, [path], run_phase)
+
+    def keras_model(self, phase: str) -> keras.Model:
+        if phase not in self._keras:
+            self._keras[phase] = load_keras(self.folder / "keras" / f"{phase}.keras")
+        return self._keras[phase]
+
+    def _initial_model(self) -> keras.Model:
+        set_seed(self.run.seed)
+        if self.given_model is not None:
+            ensure_tf_keras_model(self.given_model)
+            return self.given_model
+        return build_model(self.config.builder, self.data.input_shape, self.data.num_classes,
+                           self.config.options)
+
+    def train(self) -> None:
+        c = self.config
+        model_identity = (self.given_model.to_json() if self.given_model is not None
+                          else [c.builder, c.options])
+        key = stage_key("float", self.keys["data"], model_identity,
+                        dataclasses.asdict(c.train), self.run.seed)
+
+        def compute():
+            model = self._initial_model()
+            history = (optimize.train_float(model, self.data, c, self.folder / "logs" / "float")
+                       if c.train.epochs else {})
+            return model, {"history": history,
+                           "keras_accuracy": accuracy(model, self.data.x_test, self.data.y_test)}
+
+        self._phase("float", key, compute)
+
+    def optimize(self) -> None:
+        c = self.config
+        logs = self.folder / "logs"
+        if c.pruning.enabled:
+            key = stage_key("pruned", self.keys["float"], dataclasses.asdict(c.pruning))
+            self._phase("pruned", key, lambda: optimize.prune(
+                self.keras_model("float"), self.data, c, logs / "pruned"))
+        if c.qat.enabled:
+            key = stage_key("qat", self.keys["float"], dataclasses.asdict(c.qat))
+            self._phase("qat", key, lambda: optimize.quantize_aware(
+                self.keras_model("float"), self.data, c, logs / "qat"))
+        if c.qat.prune_preserving and c.pruning.enabled:
+            key = stage_key("pqat", self.keys["pruned"], dataclasses.asdict(c.qat))
+            pruned_layers = sorted({r["layer"] for r in self.records["pruned"]["layers"]})
+            self._phase("pqat", key, lambda: optimize.prune_preserving_qat(
+                self.keras_model("pruned"), self.data, c, logs / "pqat", pruned_layers))
+
+    # -- conversion, validation, benchmark -------------------------------------------
+
+    def keras_outputs(self, phase: str) -> np.ndarray:
+        if phase not in self._keras_outputs:
+            self._keras_outputs[phase] = predict(self.keras_model(phase), self.data.x_test)
+        return self._keras_outputs[phase]
+
+    def convert(self, variant: str) -> tuple[str, dict]:
+        phase, quantization = variant_stage(variant)
+        path = self.folder / "tflite" / f"{variant}.tflite"
+        samples = self.config.representative_samples
+        key = stage_key("convert", self.keys[phase], variant, samples, tf.__version__)
+
+        def compute() -> dict:
+            model = self.keras_model(phase)
+            flatbuffer = convert_model(model, CONVERTER_QUANTIZATION[quantization],
+                                       representative_data=self.data.x_train[:samples],
+                                       sparse=phase in ("pruned", "pqat"))
+            atomic.write_bytes(path, flatbuffer)
+            weights = pruning.layer_sparsity(model)
+            return {"path": str(path.relative_to(self.run.output_dir)),
+                    "file_bytes": len(flatbuffer),
+                    "gzip_bytes": len(gzip.compress(flatbuffer, compresslevel=9)),
+                    "sparsity": pruning.overall_sparsity(weights)}
+
+        return key, self.stages.run(self.config.name, f"convert_{variant}", key, [path], compute,
+                                    kind="convert")
+
+    def validate(self, variant: str, convert_key: str) -> dict:
+        phase, _ = variant_stage(variant)
+        key = stage_key("validate", convert_key, self.keys["data"])
+        path = self.folder / "tflite" / f"{variant}.tflite"
+        return self.stages.run(
+            self.config.name, f"validate_{variant}", key, [],
+            lambda: validate_variant(path, self.keras_outputs(phase), self.data.x_test,
+                                     self.data.y_test), kind="validate")
+
+    def benchmark(self, variant: str, convert_key: str) -> list[dict]:
+        """Each measurement's manifest is written as it completes, so an interrupted
+        benchmark keeps what it finished and resumes after it."""
+        settings = self.run.benchmark
+        path = self.folder / "tflite" / f"{variant}.tflite"
+        results = []
+        for target in targets_from_names(settings.targets):
+            for threads in settings.threads:
+                key = stage_key("benchmark", convert_key, target.name, threads,
+                                dataclasses.asdict(settings))
+                results.append(self.stages.run(
+                    self.config.name, f"benchmark_{variant}_{target.name}_{threads}", key, [],
+                    lambda: summarize_latency(target.measure(path, threads, settings),
+                                              target.name, threads), kind="benchmark"))
+        return results
+
+    def variants(self) -> list[dict]:
+        rows, failures, convert_keys = [], [], {}
+        for variant in self.config.variants:
+            convert_key, converted = self.convert(variant)
+            convert_keys[variant] = convert_key
+            validation = self.validate(variant, convert_key)
+            if variant_stage(variant)[1] == "float32":
+                try:
+                    check_float32(self.config.name, variant, validation,
+                                  self.run.validation.float32_tolerance)
+                except ValidationFailed as e:
+                    failures.append(str(e))
+                    continue
+            rows.append({"model": self.config.name, "name": variant, **converted, **validation,
+                         "benchmarks": []})
+        if failures:
+            raise ValidationFailed("validation failed: " + " ".join(failures))
+        for row in rows:
+            row["benchmarks"] = self.benchmark(row["name"], convert_keys[row["name"]])
+        return rows
+
+    def summary(self) -> dict:
+        c = self.config
+        cost = summarize(self.keras_model("float"))
+        entry = {"name": c.name, "builder": c.builder, "options": c.options,
+                 "data": self.data.description, "input_shape": list(self.data.input_shape),
+                 "num_classes": self.data.num_classes, "params": cost.total_params,
+                 "mult_adds": cost.total_mult_adds,
+                 "keras_accuracy": self.records["float"]["keras_accuracy"]}
+        for phase in ("pruned", "pqat"):
+            if phase in self.records:
+                record = self.records[phase]
+                entry[phase if phase == "pqat" else "pruning"] = {
+                    k: record[k] for k in ("schedule", "sparsity", "layers") if k in record}
+        return entry
+
+
+def _host() -> dict:
+    return {"platform": platform.platform(), "machine": platform.machine(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "tensorflow": tf.__version__}
+
+
+def run_pipeline(config: RunConfig, datasets: dict[str, Dataset] | None = None,
+                 keras_models: dict[str, keras.Model] | None = None) -> dict:
+    """Run every configured model through every stage and write the report.
+
+    `datasets` and `keras_models` (by model name) let Python callers hand in a
+    tf.data-derived Dataset or an in-memory tf_keras model instead of the config's.
+    """
+    datasets, keras_models = datasets or {}, keras_models or {}
+    unknown = sorted((set(datasets) | set(keras_models)) - {m.name for m in config.models})
+    if unknown:
+        raise UserError(f"no model named {unknown[0]!r} in the config; models are "
+                        f"{', '.join(m.name for m in config.models)}.")
+    output_dir = Path(config.output_dir)
+    stages = StageRunner(output_dir)
+    model_entries, variant_rows = [], []
+    for model_config in config.models:
+        logging.info("model %s: %s", model_config.name, model_config.builder)
+        with stages.timed("data"):
+            data = datasets.get(model_config.name) or load_dataset(model_config.data)
+        run = ModelRun(model_config, config, stages, data, keras_models.get(model_config.name))
+        run.keys["data"] = _array_digest(data)
+        run.train()
+        run.optimize()
+        variant_rows += run.variants()
+        model_entries.append(run.summary())
+    results = report.build_results(
+        {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+         "host": _host(), "config": to_dict(config),
+         "stage_seconds": {k: round(v, 2) for k, v in stages.seconds.items()}},
+        model_entries, variant_rows)
+    report.write_report(results, output_dir)
+    return results

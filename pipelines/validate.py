@@ -1,0 +1,45 @@
+"""Validation of a converted variant against the Keras model it came from."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import UserError
+from tflite.runtime import TfliteRunner
+
+
+class ValidationFailed(UserError):
+    """A float32 variant whose outputs drifted from Keras: the conversion changed the math."""
+
+
+def compare(tflite_outputs: np.ndarray, keras_outputs: np.ndarray, labels: np.ndarray) -> dict:
+    """Max abs error and top-1 agreement against Keras, and accuracy on the labels."""
+    tflite_top1 = np.argmax(tflite_outputs, axis=-1)
+    keras_top1 = np.argmax(keras_outputs, axis=-1)
+    return {
+        "max_abs_error": float(np.max(np.abs(tflite_outputs.astype(np.float64) - keras_outputs))),
+        "top1_agreement": float(np.mean(tflite_top1 == keras_top1)),
+        "accuracy": float(np.mean(tflite_top1 == labels)),
+        "keras_accuracy": float(np.mean(keras_top1 == labels)),
+    }
+
+
+def validate_variant(tflite_path: Path, keras_outputs: np.ndarray, x_test: np.ndarray,
+                     y_test: np.ndarray) -> dict:
+    """Run the .tflite over the held-out set and compare it with the Keras outputs."""
+    outputs = TfliteRunner(tflite_path).predict(x_test)
+    if outputs.shape != keras_outputs.shape:
+        raise ValidationFailed(f"{tflite_path.name}: TFLite output shape {outputs.shape} differs "
+                               f"from the Keras output shape {keras_outputs.shape}.")
+    return compare(outputs, keras_outputs, y_test)
+
+
+def check_float32(model: str, variant: str, result: dict, tolerance: float) -> None:
+    """A float32 variant must match Keras within `tolerance`; anything else is a failed stage."""
+    if result["max_abs_error"] > tolerance:
+        raise ValidationFailed(
+            f"model {model!r}, variant {variant!r}: the float32 TFLite model differs from Keras by "
+            f"{result['max_abs_error']:.3g} (allowed: {tolerance:g}), so the conversion changed "
+            "the computation. Inspect it with `edgepipe inspect`; if the gap is expected, raise "
+            "validation.float32_tolerance.")
