@@ -132,7 +132,9 @@ def _collect(model: keras.Model, prefix: str, rows: list[LayerCost], notes: list
             continue
         calls = range(len(layer.inbound_nodes))
         mult_adds = sum(
-            _mult_adds(layer, name, layer.get_input_shape_at(i), layer.get_output_shape_at(i), notes)
+            _mult_adds(
+                layer, name, layer.get_input_shape_at(i), layer.get_output_shape_at(i), notes
+            )
             for i in calls
         )
         rows.append(
