@@ -16,8 +16,8 @@ what it counts (the MobileNets paper's convention):
 
 A layer with weights but no rule above counts zero and is named in `notes`, as is
 an unknown (None) dimension, which is counted as 1. Params are every weight,
-including BatchNormalization's non-trainable moving statistics; `trainable_params`
-leaves those out.
+including BatchNormalization's non-trainable moving statistics;
+`total_trainable_params` leaves those out.
 """
 import math
 from dataclasses import dataclass
@@ -59,9 +59,9 @@ class ModelSummary:
 
     name: str
     rows: tuple[LayerCost, ...]
-    params: int
-    trainable_params: int
-    mult_adds: int
+    total_params: int
+    total_trainable_params: int
+    total_mult_adds: int
     notes: tuple[str, ...]
 
 
@@ -78,9 +78,9 @@ def summarize(model: keras.Model) -> ModelSummary:
     return ModelSummary(
         name=model.name,
         rows=tuple(rows),
-        params=sum(r.params for r in rows),
-        trainable_params=sum(r.trainable_params for r in rows),
-        mult_adds=sum(r.mult_adds for r in rows),
+        total_params=sum(r.params for r in rows),
+        total_trainable_params=sum(r.trainable_params for r in rows),
+        total_mult_adds=sum(r.mult_adds for r in rows),
         notes=tuple(notes),
     )
 
@@ -114,10 +114,10 @@ def format_summary(summary: ModelSummary) -> str:
     lines += [line(row) for row in table[1:]]
     lines += [
         rule,
-        f"Total params: {summary.params:,} "
-        f"(trainable {summary.trainable_params:,}, "
-        f"non-trainable {summary.params - summary.trainable_params:,})",
-        f"Total mult-adds: {summary.mult_adds:,} ({summary.mult_adds / 1e6:.1f} M)",
+        f"Total params: {summary.total_params:,} "
+        f"(trainable {summary.total_trainable_params:,}, "
+        f"non-trainable {summary.total_params - summary.total_trainable_params:,})",
+        f"Total mult-adds: {summary.total_mult_adds:,} ({summary.total_mult_adds / 1e6:.1f} M)",
     ]
     lines += [f"Note: {note}" for note in summary.notes]
     return "\n".join(lines)

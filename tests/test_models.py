@@ -64,25 +64,25 @@ def mobilenet_224():
 
 def test_mobilenet_224_matches_paper(mobilenet_224):
     # Howard et al. 2017, Table 8: 1.0 MobileNet-224 has 4.2M params and 569M mult-adds.
-    assert mobilenet_224.params == 4_253_864  # every weight, BN moving statistics included
-    assert mobilenet_224.trainable_params == 4_231_976
-    assert abs(mobilenet_224.trainable_params - 4.2e6) / 4.2e6 < 0.01
-    assert abs(mobilenet_224.params - 4.2e6) / 4.2e6 < 0.02
-    assert abs(mobilenet_224.mult_adds - 569e6) / 569e6 < 0.01
+    assert mobilenet_224.total_params == 4_253_864  # every weight, BN moving statistics included
+    assert mobilenet_224.total_trainable_params == 4_231_976
+    assert abs(mobilenet_224.total_trainable_params - 4.2e6) / 4.2e6 < 0.01
+    assert abs(mobilenet_224.total_params - 4.2e6) / 4.2e6 < 0.02
+    assert abs(mobilenet_224.total_mult_adds - 569e6) / 569e6 < 0.01
 
 
 def test_pointwise_convolutions_dominate_mult_adds(mobilenet_224):
     # Paper, Table 2: 1x1 convolutions take 94.86% of the mult-adds.
     pointwise = sum(r.mult_adds for r in mobilenet_224.rows if r.name.startswith("conv_pw_"))
-    assert pointwise / mobilenet_224.mult_adds == pytest.approx(0.9486, abs=0.002)
+    assert pointwise / mobilenet_224.total_mult_adds == pytest.approx(0.9486, abs=0.002)
 
 
 def test_width_and_resolution_multipliers_scale_mult_adds(mobilenet_224):
-    half_width = summarize(mobilenet_v1((224, 224, 3), 1000, alpha=0.5)).mult_adds
-    low_res = summarize(mobilenet_v1((160, 160, 3), 1000)).mult_adds
+    half_width = summarize(mobilenet_v1((224, 224, 3), 1000, alpha=0.5)).total_mult_adds
+    low_res = summarize(mobilenet_v1((160, 160, 3), 1000)).total_mult_adds
     # Roughly alpha**2 and rho**2; the paper reports 149M and 290M.
-    assert half_width / mobilenet_224.mult_adds == pytest.approx(0.5**2, rel=0.06)
-    assert low_res / mobilenet_224.mult_adds == pytest.approx((160 / 224) ** 2, rel=0.02)
+    assert half_width / mobilenet_224.total_mult_adds == pytest.approx(0.5**2, rel=0.06)
+    assert low_res / mobilenet_224.total_mult_adds == pytest.approx((160 / 224) ** 2, rel=0.02)
     assert abs(half_width - 149e6) / 149e6 < 0.01
     assert abs(low_res - 290e6) / 290e6 < 0.01
 
@@ -179,7 +179,7 @@ def test_summary_notes_layers_without_a_rule_and_nested_models():
     summary = summarize(keras.Model(inputs, outputs))
     names = [r.name for r in summary.rows]
     assert "inner/up" in names and "mix" in names
-    assert summary.params == inner.count_params() + (3 * 2 + 2)
+    assert summary.total_params == inner.count_params() + (3 * 2 + 2)
     assert any("inner/up: no mult-add rule for Conv2DTranspose" in n for n in summary.notes)
     assert "Note: inner/up" in format_summary(summary)
 
