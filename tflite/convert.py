@@ -6,8 +6,6 @@ builtin WHILE loop instead of TensorList ops that would need Select TF ops.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 
 from core.errors import UserError
@@ -17,6 +15,8 @@ QUANTIZATIONS = ("none", "dynamic_range", "int8", "float16")
 
 # Enough samples to calibrate activation ranges; more only costs time.
 MAX_REPRESENTATIVE_SAMPLES = 200
+# TFMOT's quantize-aware layers, by class name so TFMOT need not be imported here.
+_QAT_LAYERS = {"QuantizeLayer", "QuantizeWrapper", "QuantizeWrapperV2"}
 
 
 def convert_model(
@@ -80,9 +80,7 @@ def convert_model(
 
 def is_quantization_aware(model: keras.Model) -> bool:
     """True for a TFMOT quantize-aware model (its layers carry fake-quant wrappers)."""
-    return any(type(layer).__name__ == "QuantizeWrapperV2" or
-               type(layer).__name__ == "QuantizeWrapper" or
-               type(layer).__name__ == "QuantizeLayer" for layer in model.layers)
+    return any(type(layer).__name__ in _QAT_LAYERS for layer in model.layers)
 
 
 def _unrolled(model: keras.Model) -> keras.Model:
@@ -130,30 +128,40 @@ def _input_spec(model: keras.Model, batch_size: int) -> tf.TensorSpec:
 
 def _configure_int8(converter, input_spec: tf.TensorSpec, data: np.ndarray | None) -> None:
     """Full-integer quantization; integer token inputs stay int32 (they are indices)."""
-    converter.target_spec.supported_ops = [
-        tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-        # Ops without an int8 kernel (e.g. parts of a GRU's WHILE loop) stay float.
-        tf.lite.OpsSet.TFLITE_BUILTINS,
-    ]
+    if data is not None:
+        # Without calibration data (a quantization-aware model) the converter
+        # refuses the int8 op set; the fake-quant ranges quantize the ops anyway.
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+            # Ops without an int8 kernel stay float instead of failing the conversion.
+            tf.lite.OpsSet.TFLITE_BUILTINS,
+        ]
     if input_spec.dtype.is_floating:
         converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
     if data is not None:
-        converter.representative_dataset = lambda: _representative(data, input_spec)
+        samples = _representative_samples(data, input_spec)
+        batch = input_spec.shape[0]
+        converter.representative_dataset = lambda: (
+            [samples[start:start + batch]] for start in range(0, len(samples) - batch + 1, batch)
+        )
 
 
-def _representative(data: np.ndarray, spec: tf.TensorSpec) -> Iterator[list[np.ndarray]]:
-    """Yield batches of `spec`'s batch size, one per call, up to the sample cap."""
+def _representative_samples(data: np.ndarray, spec: tf.TensorSpec) -> np.ndarray:
+    """Checked, capped and cast calibration samples (fed one batch per call)."""
     data = np.asarray(data)
     expected = tuple(spec.shape[1:])
     if data.ndim != len(expected) + 1 or tuple(data.shape[1:]) != expected:
         raise UserError(
-            f"representative data has shape {data.shape}, expected (samples, {', '.join(map(str, expected))})"
+            f"representative data has shape {data.shape}, expected "
+            f"(samples, {', '.join(map(str, expected))}): pass inputs shaped like the model input"
         )
-    batch = spec.shape[0]
-    data = data[:MAX_REPRESENTATIVE_SAMPLES].astype(spec.dtype.as_numpy_dtype)
-    for start in range(0, len(data) - batch + 1, batch):
-        yield [data[start:start + batch]]
+    if len(data) < spec.shape[0]:
+        raise UserError(
+            f"representative data has {len(data)} samples, fewer than one batch of "
+            f"{spec.shape[0]}: pass more samples or a smaller batch_size"
+        )
+    return data[:MAX_REPRESENTATIVE_SAMPLES].astype(spec.dtype.as_numpy_dtype)
 
 
 def _key_line(exc: Exception) -> str:
