@@ -12,3 +12,9 @@ import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
 __all__ = ["tf", "keras"]
+
+# TensorFlow's Python loggers report SavedModel and converter internals at INFO;
+# our own progress goes through absl logging, so keep theirs to warnings.
+import logging as _logging  # noqa: E402
+
+_logging.getLogger("tensorflow").setLevel(_logging.WARNING)

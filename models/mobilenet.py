@@ -50,6 +50,7 @@ def mobilenet_v1(
     alpha: float = 1.0,
     depth_multiplier: int = 1,
     dropout: float = 1e-3,
+    batch_norm_momentum: float = 0.9,
     name: str = "mobilenet_v1",
 ) -> keras.Model:
     """Build MobileNet v1 for `input_shape` = (height, width, channels) images.
@@ -57,6 +58,10 @@ def mobilenet_v1(
     Convolutions use "same" padding, so a 224x224 input ends in a 7x7x1024 map as
     in the paper. The classifier is a Dense layer with softmax on the globally
     pooled features (the paper's "FC" row), which prunes and converts plainly.
+
+    BatchNorm momentum defaults to 0.9, not Keras' 0.99: on small data sets (a few
+    hundred steps) the moving variance otherwise still carries its initial 1.0,
+    far above the true variance, and inference-mode accuracy collapses to chance.
     """
     _validate(input_shape, num_classes, alpha, depth_multiplier, dropout)
     inputs = keras.Input(shape=tuple(input_shape), name="input")
@@ -64,26 +69,28 @@ def mobilenet_v1(
         scaled_channels(_STEM_CHANNELS, alpha), 3, strides=2, padding="same",
         use_bias=False, name="conv1",
     )(inputs)
-    x = keras.layers.BatchNormalization(name="conv1_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=batch_norm_momentum, name="conv1_bn")(x)
     x = keras.layers.ReLU(6.0, name="conv1_relu")(x)
     for i, (channels, stride) in enumerate(_BLOCKS, start=1):
-        x = _separable_block(x, i, scaled_channels(channels, alpha), stride, depth_multiplier)
+        x = _separable_block(x, i, scaled_channels(channels, alpha), stride, depth_multiplier,
+                             batch_norm_momentum)
     x = keras.layers.GlobalAveragePooling2D(name="global_pool")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
     return keras.Model(inputs, outputs, name=name)
 
 
-def _separable_block(x, index: int, channels: int, stride: int, depth_multiplier: int):
+def _separable_block(x, index: int, channels: int, stride: int, depth_multiplier: int,
+                     momentum: float):
     """Depthwise 3x3 + BN + ReLU6, then pointwise 1x1 + BN + ReLU6 (paper, Fig. 3)."""
     x = keras.layers.DepthwiseConv2D(
         3, strides=stride, padding="same", depth_multiplier=depth_multiplier,
         use_bias=False, name=f"conv_dw_{index}",
     )(x)
-    x = keras.layers.BatchNormalization(name=f"conv_dw_{index}_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=momentum, name=f"conv_dw_{index}_bn")(x)
     x = keras.layers.ReLU(6.0, name=f"conv_dw_{index}_relu")(x)
     x = keras.layers.Conv2D(channels, 1, use_bias=False, name=f"conv_pw_{index}")(x)
-    x = keras.layers.BatchNormalization(name=f"conv_pw_{index}_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=momentum, name=f"conv_pw_{index}_bn")(x)
     return keras.layers.ReLU(6.0, name=f"conv_pw_{index}_relu")(x)
 
 

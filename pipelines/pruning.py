@@ -13,6 +13,10 @@ from core.keras_env import keras, tf
 from pipelines.config import PruningConfig
 
 import tensorflow_model_optimization as tfmot  # noqa: E402  (after core.keras_env)
+from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import (  # noqa: E402
+    PruneRegistry)
+from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (  # noqa: E402
+    PruneLowMagnitude)
 
 sparsity = tfmot.sparsity.keras
 
@@ -107,7 +111,7 @@ class NarangPruning(keras.callbacks.Callback):
 
     def _wrappers(self):
         return [layer for layer in self.model.layers
-                if isinstance(layer, sparsity.PruneLowMagnitude)]
+                if isinstance(layer, PruneLowMagnitude)]
 
     def on_train_batch_end(self, batch, logs=None):
         wrappers = self._wrappers()
@@ -150,8 +154,7 @@ def _selected(name: str, patterns: list[str]) -> bool:
 
 
 def _prunable(layer: keras.layers.Layer) -> bool:
-    return isinstance(layer, sparsity.PrunableLayer) or \
-        tfmot.sparsity.keras.prune_registry.PruneRegistry.supports(layer)
+    return isinstance(layer, sparsity.PrunableLayer) or PruneRegistry.supports(layer)
 
 
 def wrap_for_pruning(model: keras.Model, config: PruningConfig, steps: PhaseSteps
@@ -169,14 +172,14 @@ def wrap_for_pruning(model: keras.Model, config: PruningConfig, steps: PhaseStep
 
     def clone(layer):
         if not (_selected(layer.name, config.layers) and layer.weights):
-            return layer.__class__.from_config(layer.get_config())
+            return layer
         if not _prunable(layer):
             raise UserError(
                 f"layer {layer.name!r} ({type(layer).__name__}) matches pruning.layers but TFMOT "
                 "cannot prune it; narrow pruning.layers (regular expressions over layer names) "
                 "so it is not selected.")
         if isinstance(layer, keras.layers.BatchNormalization):
-            return layer.__class__.from_config(layer.get_config())
+            return layer
         try:
             pruned = sparsity.prune_low_magnitude(layer, **options)
         except ValueError as e:
@@ -187,8 +190,10 @@ def wrap_for_pruning(model: keras.Model, config: PruningConfig, steps: PhaseStep
         wrapped.append(layer.name)
         return pruned
 
-    pruned_model = keras.models.clone_model(model, clone_function=clone)
-    pruned_model.set_weights(model.get_weights())
+    # Wrap layers of a copy, so that training the pruned model leaves `model` intact.
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    pruned_model = keras.models.clone_model(copy, clone_function=clone)
     if not wrapped:
         raise UserError(f"pruning.layers {config.layers} selects no prunable layer of model "
                         f"{model.name!r}; its layers are "
