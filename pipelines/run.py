@@ -33,6 +33,7 @@ from pipelines.stages import StageRunner, stage_key
 from pipelines.train import accuracy, predict, set_seed
 from pipelines.validate import ValidationFailed, check_float32, validate_variant
 from tflite.convert import convert_model
+from tflite.inspect import inspect_model
 
 CONVERTER_QUANTIZATION = {"float32": "none", "dynamic_range": "dynamic_range",
                           "int8": "int8", "float16": "float16"}
@@ -159,6 +160,8 @@ class ModelRun:
             atomic.write_bytes(path, flatbuffer)
             weights = pruning.layer_sparsity(model)
             return {"path": str(path.relative_to(self.run.output_dir)),
+                    "quantization": quantization,
+                    "sparse_tensors": len(inspect_model(flatbuffer).sparse_tensors),
                     "file_bytes": len(flatbuffer),
                     "gzip_bytes": len(gzip.compress(flatbuffer, compresslevel=9)),
                     "sparsity": pruning.overall_sparsity(weights)}

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from absl import logging
+from ai_edge_litert.interpreter import Interpreter
+
 from core.errors import UserError
 from core.keras_env import keras, tf
 
@@ -49,6 +52,32 @@ def convert_model(
             "pass representative_data (a few hundred training inputs)"
         )
 
+    flatbuffer = _convert(model, quantization, representative_data, sparse, batch_size)
+    if sparse:
+        problem = _prepare_error(flatbuffer)
+        if problem:
+            logging.warning(
+                "%s (%s): LiteRT cannot prepare the sparse-encoded weights (%s); the file keeps "
+                "dense weights instead.", model.name, quantization, problem)
+            flatbuffer = _convert(model, quantization, representative_data, False, batch_size)
+    return flatbuffer
+
+
+def _prepare_error(flatbuffer: bytes) -> str | None:
+    """Why LiteRT (with its default XNNPACK delegate) cannot prepare the model, if it cannot.
+
+    The converter's sparse encoding is not accepted everywhere: e.g. XNNPACK refuses
+    a sparse dynamic-range FULLY_CONNECTED inside a GRU's WHILE loop.
+    """
+    try:
+        Interpreter(model_content=flatbuffer).allocate_tensors()
+    except (RuntimeError, ValueError) as exc:
+        return str(exc).splitlines()[0][:200]
+    return None
+
+
+def _convert(model: keras.Model, quantization: str, representative_data: np.ndarray | None,
+             sparse: bool, batch_size: int) -> bytes:
     input_spec = _input_spec(model, batch_size)
     if quantization == "int8" and representative_data is not None:
         model = _unrolled(model)
