@@ -180,6 +180,12 @@ def wrap_for_pruning(model: keras.Model, config: PruningConfig, steps: PhaseStep
                 "so it is not selected.")
         if isinstance(layer, keras.layers.BatchNormalization):
             return layer
+        if tuple(config.block_size) != (1, 1) and any(
+                len(w.shape) != 2 for w in layer.weights if _is_pruned_weight(w)):
+            raise UserError(f"layer {layer.name!r} ({type(layer).__name__}) has weights that are "
+                            "not 2-D, and TFMOT block sparsity needs 2-D weights; set "
+                            "pruning.block_size to [1, 1] or exclude the layer from "
+                            "pruning.layers.")
         try:
             pruned = sparsity.prune_low_magnitude(layer, **options)
         except ValueError as e:
@@ -205,6 +211,10 @@ def strip(model: keras.Model) -> keras.Model:
     return sparsity.strip_pruning(model)
 
 
+def _is_pruned_weight(weight) -> bool:
+    return weight.name.split("/")[-1].split(":")[0].endswith(PRUNED_WEIGHT_SUFFIXES)
+
+
 def layer_sparsity(model: keras.Model, layer_names: list[str] | None = None) -> list[dict]:
     """Fraction of exact zeros in each prunable weight (kernels, recurrent kernels)."""
     rows = []
@@ -212,9 +222,9 @@ def layer_sparsity(model: keras.Model, layer_names: list[str] | None = None) -> 
         if layer_names is not None and layer.name not in layer_names:
             continue
         for weight in layer.weights:
-            short = weight.name.split("/")[-1].split(":")[0]
-            if not short.endswith(PRUNED_WEIGHT_SUFFIXES):
+            if not _is_pruned_weight(weight):
                 continue
+            short = weight.name.split("/")[-1].split(":")[0]
             values = weight.numpy()
             rows.append({"layer": layer.name, "weight": short, "shape": list(values.shape),
                          "size": int(values.size),
