@@ -215,17 +215,28 @@ def _is_pruned_weight(weight) -> bool:
     return weight.name.split("/")[-1].split(":")[0].endswith(PRUNED_WEIGHT_SUFFIXES)
 
 
+def _effective_weights(layer: keras.layers.Layer) -> list[tuple[str, np.ndarray]]:
+    """The prunable weights as inference sees them.
+
+    Prune-preserving QAT keeps the zeros through a sparsity mask in each weight
+    quantizer while the float variable underneath keeps training, so a QAT wrapper's
+    weights count as weight * mask.
+    """
+    masks = {id(weight): variables["sparsity_mask"]
+             for weight, _, variables in getattr(layer, "_weight_vars", [])
+             if isinstance(variables, dict) and "sparsity_mask" in variables}
+    return [(w.name.split("/")[-1].split(":")[0],
+             w.numpy() * (np.asarray(masks[id(w)]) if id(w) in masks else 1))
+            for w in layer.weights if _is_pruned_weight(w)]
+
+
 def layer_sparsity(model: keras.Model, layer_names: list[str] | None = None) -> list[dict]:
     """Fraction of exact zeros in each prunable weight (kernels, recurrent kernels)."""
     rows = []
     for layer in model.layers:
         if layer_names is not None and layer.name not in layer_names:
             continue
-        for weight in layer.weights:
-            if not _is_pruned_weight(weight):
-                continue
-            short = weight.name.split("/")[-1].split(":")[0]
-            values = weight.numpy()
+        for short, values in _effective_weights(layer):
             rows.append({"layer": layer.name, "weight": short, "shape": list(values.shape),
                          "size": int(values.size),
                          "sparsity": float(np.mean(values == 0)) if values.size else 0.0})
