@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from absl import app, flags, logging
 from core.errors import UserError
 
 FLAGS = flags.FLAGS
+PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 
 # run
 flags.DEFINE_string("config", None, "YAML run config (default: pipelines/configs/default.yaml).")
@@ -138,6 +140,13 @@ commands:
 `edgepipe COMMAND --help` lists the flags."""
 
 
+class _ProjectInfoOnly(std_logging.Filter):
+    """INFO lines from edgepipe itself; TensorFlow's internals log through absl too."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or record.pathname.startswith(PROJECT_ROOT)
+
+
 def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         print(USAGE, file=sys.stderr)
@@ -146,6 +155,7 @@ def main() -> None:
 
     def dispatch(argv: list[str]) -> None:
         logging.set_verbosity(logging.INFO)
+        logging.get_absl_handler().addFilter(_ProjectInfoOnly())
         try:
             COMMANDS[command](argv[1:])
         except UserError as e:

@@ -50,9 +50,12 @@ class StageRunner:
         if record is not None:
             logging.info("%s: %s is up to date, reused", model, stage)
             return record
+        logging.info("%s: %s ...", model, stage)
         started = time.perf_counter()
         record = compute()
-        self.seconds[kind or stage] += time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        self.seconds[kind or stage] += elapsed
+        logging.info("%s: %s done in %.1fs", model, stage, elapsed)
         atomic.write_json(self._manifest(model, stage), {"key": key, "record": record})
         return record
 

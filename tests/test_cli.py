@@ -1,0 +1,67 @@
+"""The `edgepipe` command's user mistakes: one clear line, exit 1, nothing written."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def edgepipe(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True,
+                          text=True, timeout=300, cwd=cwd)
+
+
+def assert_user_error(result: subprocess.CompletedProcess, message: str) -> None:
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_command_prints_usage():
+    result = edgepipe("train")
+    assert result.returncode == 2 and "commands:" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--config", "/no/such.yaml"], "config file '/no/such.yaml' does not exist"),
+    (["run", "--set", "models.nope.train.epochs=1"], "no model named 'nope'"),
+    (["run", "--set", "models.mobilenet.train.epoch=1"], "unknown key 'epoch'"),
+    (["run", "--models", "resnet"], "--models: no model named 'resnet'"),
+    (["run", "--threads", "one"], "--threads takes comma-separated integers"),
+    (["inspect"], "usage: edgepipe inspect MODEL.tflite"),
+    (["bench"], "bench needs --model"),
+    (["bench", "--model", "/no/model.tflite"], "--model '/no/model.tflite' does not exist"),
+    (["summary", "--builder", "resnet50"], "resnet50"),
+])
+def test_user_mistakes(args, message, tmp_path):
+    result = edgepipe(*args, "--output_dir", str(tmp_path / "out")) if args[0] == "run" \
+        else edgepipe(*args)
+    assert_user_error(result, message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_inspect_rejects_a_file_that_is_not_tflite(tmp_path):
+    bogus = tmp_path / "model.tflite"
+    bogus.write_bytes(b"PK\x03\x04 definitely a zip")
+    assert_user_error(edgepipe("inspect", str(bogus)), "not a TFLite flatbuffer")
+
+
+def test_inspect_and_bench_a_real_model(tmp_path, tiny_tflite_bytes):
+    model = tmp_path / "tiny.tflite"
+    model.write_bytes(tiny_tflite_bytes)
+    shown = edgepipe("inspect", str(model))
+    assert shown.returncode == 0 and "FULLY_CONNECTED" in shown.stdout
+    out = tmp_path / "bench.json"
+    bench = edgepipe("bench", "--model", str(model), "--threads", "1,2", "--num_runs", "5",
+                     "--json_output", str(out))
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    assert "| host | tiny |" in bench.stdout
+    rows = json.loads(out.read_text())["benchmarks"]
+    assert [r["threads"] for r in rows] == [1, 2] and all(r["mean_ms"] > 0 for r in rows)
+
+
+def test_summary_reports_mobilenet_cost():
+    result = edgepipe("summary", "--builder", "mobilenet_v1", "--option", "alpha=0.25",
+                      "--input_shape", "128,128,3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "conv_pw_13" in result.stdout
