@@ -109,26 +109,26 @@ class NarangPruning(keras.callbacks.Callback):
         self.percentile = percentile
         self.schedules: dict[str, NarangThreshold] = {}
 
-    def _wrappers(self):
-        return [layer for layer in self.model.layers
-                if isinstance(layer, PruneLowMagnitude)]
+    def on_train_begin(self, logs=None):
+        self.wrappers = [layer for layer in self.model.layers
+                         if isinstance(layer, PruneLowMagnitude)]
+        # TFMOT's UpdatePruningStep runs first and starts the step at 0; each
+        # training batch then advances every wrapper's step by one.
+        self.step = int(self.wrappers[0].pruning_step.numpy()) if self.wrappers else 0
 
     def on_train_batch_end(self, batch, logs=None):
-        wrappers = self._wrappers()
-        if not wrappers:
-            return
-        step = int(wrappers[0].pruning_step.numpy())
+        self.step += 1
         s = self.steps
-        if step < s.begin or step >= s.end or (step - s.begin) % s.frequency:
+        if self.step < s.begin or self.step >= s.end or (self.step - s.begin) % s.frequency:
             return
-        for layer in wrappers:
+        for layer in self.wrappers:
             for weight, mask, threshold in layer.pruning_vars:
                 magnitude = np.abs(weight.numpy())
                 schedule = self.schedules.get(weight.name)
                 if schedule is None:
                     q = float(np.quantile(magnitude, self.percentile))
                     schedule = self.schedules[weight.name] = NarangThreshold(s, q)
-                epsilon = schedule(step)
+                epsilon = schedule(self.step)
                 new_mask = mask.numpy() * (magnitude >= epsilon)
                 mask.assign(new_mask.astype(mask.dtype.as_numpy_dtype))
                 threshold.assign(epsilon)
