@@ -59,7 +59,7 @@ class PruningConfig:
     initial_sparsity: float = 0.0
     begin_step: int = 0
     ramp_step: int | None = None  # narang only; default: 40% of the way to end_step
-    end_step: int | None = None  # default: 70% of the pruning phase's steps
+    end_step: int | None = None  # default: half of the pruning phase's steps
     frequency: int = 20
     block_size: list[int] = field(default_factory=lambda: [1, 1])
     m_by_n: list[int] = field(default_factory=lambda: [2, 4])  # m_by_n schedule only

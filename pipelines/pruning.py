@@ -36,7 +36,7 @@ class PhaseSteps:
 
 def resolve_steps(config: PruningConfig, total_steps: int) -> PhaseSteps:
     """Fill in defaults and warn about settings under which nothing gets pruned."""
-    end = config.end_step if config.end_step is not None else max(1, int(total_steps * 0.7))
+    end = config.end_step if config.end_step is not None else max(1, int(total_steps * 0.5))
     begin = config.begin_step
     ramp = config.ramp_step if config.ramp_step is not None else begin + int((end - begin) * 0.4)
     if not begin <= ramp <= end:

@@ -18,3 +18,24 @@ def tiny_tflite_bytes() -> bytes:
     hidden = keras.layers.Dense(32, activation="relu")(inputs)
     outputs = keras.layers.Dense(4, activation="softmax")(hidden)
     return convert_model(keras.Model(inputs, outputs), "none")
+
+
+@pytest.fixture(scope="session")
+def with_custom_op():
+    """Rename a model's builtin op to a custom op, as a model needing our kernels has."""
+
+    def rename(data: bytes, builtin: str, custom: str) -> bytes:
+        import flatbuffers
+        from ai_edge_litert import schema_py_generated as schema
+
+        model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+        target = getattr(schema.BuiltinOperator, builtin)
+        for code in model.operatorCodes:
+            if max(code.builtinCode, code.deprecatedBuiltinCode) == target:
+                code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
+                code.customCode = custom
+        builder = flatbuffers.Builder(1024)
+        builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+        return bytes(builder.Output())
+
+    return rename

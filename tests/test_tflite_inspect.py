@@ -88,8 +88,8 @@ def test_dense_weight_sparsity_measured():
     assert info.weight_sparsity == pytest.approx(0.5)
 
 
-def test_custom_op_names_listed(conv):
-    info = inspect_model(_with_custom_op(convert_model(conv, "none"), "SOFTMAX", "EdgeSparseGru"))
+def test_custom_op_names_listed(conv, with_custom_op):
+    info = inspect_model(with_custom_op(convert_model(conv, "none"), "SOFTMAX", "EdgeSparseGru"))
     assert info.custom_ops == ["EdgeSparseGru"]
     assert "CUSTOM:EdgeSparseGru" in info.op_counts
     assert "Custom ops: EdgeSparseGru" in format_model_info(info)
@@ -112,19 +112,3 @@ def test_truncated_file_is_rejected(conv_int8, tmp_path):
 def test_missing_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="not found"):
         inspect_model(tmp_path / "absent.tflite")
-
-
-def _with_custom_op(data: bytes, builtin: str, custom: str) -> bytes:
-    """Rename one builtin op code to a custom op, as a model needing our kernels would have."""
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
-    target = getattr(schema.BuiltinOperator, builtin)
-    for code in model.operatorCodes:
-        if max(code.builtinCode, code.deprecatedBuiltinCode) == target:
-            code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
-            code.customCode = custom
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())

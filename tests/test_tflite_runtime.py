@@ -84,23 +84,7 @@ def test_missing_file_and_garbage_are_user_errors(tmp_path):
         TfliteRunner(garbage)
 
 
-def test_unregistered_custom_op_is_a_user_error(batch3):
-    data = _with_custom_op(batch3, "SOFTMAX", "EdgeSparseGru")
+def test_unregistered_custom_op_is_a_user_error(batch3, with_custom_op):
+    data = with_custom_op(batch3, "SOFTMAX", "EdgeSparseGru")
     with pytest.raises(UserError, match="EdgeSparseGru.*custom op"):
         TfliteRunner(data).predict(np.zeros((1, 6, 6, 2), np.float32))
-
-
-def _with_custom_op(data: bytes, builtin: str, custom: str) -> bytes:
-    """Rename one builtin op code to a custom op that the stock interpreter lacks."""
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
-    target = getattr(schema.BuiltinOperator, builtin)
-    for code in model.operatorCodes:
-        if max(code.builtinCode, code.deprecatedBuiltinCode) == target:
-            code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
-            code.customCode = custom
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
