@@ -203,7 +203,7 @@ def wrap_for_pruning(model: keras.Model, config: PruningConfig, steps: PhaseStep
     if not wrapped:
         raise UserError(f"pruning.layers {config.layers} selects no prunable layer of model "
                         f"{model.name!r}; its layers are "
-                        f"{', '.join(l.name for l in model.layers if l.weights)}.")
+                        f"{', '.join(layer.name for layer in model.layers if layer.weights)}.")
     return pruned_model, [sparsity.UpdatePruningStep(), *callbacks], wrapped
 
 

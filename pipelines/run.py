@@ -188,10 +188,14 @@ class ModelRun:
             for threads in settings.threads:
                 key = stage_key("benchmark", convert_key, target.name, threads,
                                 dataclasses.asdict(settings))
+
+                def measure(target=target, threads=threads) -> dict:
+                    raw = target.measure(path, threads, settings)
+                    return summarize_latency(raw, target.name, threads)
+
                 results.append(self.stages.run(
                     self.config.name, f"benchmark_{variant}_{target.name}_{threads}", key, [],
-                    lambda: summarize_latency(target.measure(path, threads, settings),
-                                              target.name, threads), kind="benchmark"))
+                    measure, kind="benchmark"))
         return results
 
     def variants(self) -> list[dict]:
@@ -223,11 +227,11 @@ class ModelRun:
                  "num_classes": self.data.num_classes, "params": cost.total_params,
                  "mult_adds": cost.total_mult_adds,
                  "keras_accuracy": self.records["float"]["keras_accuracy"]}
-        for phase in ("pruned", "pqat"):
+        for phase, field in (("pruned", "pruning"), ("pqat", "pqat")):
             if phase in self.records:
                 record = self.records[phase]
-                entry[phase if phase == "pqat" else "pruning"] = {
-                    k: record[k] for k in ("schedule", "sparsity", "layers") if k in record}
+                entry[field] = {k: record[k] for k in ("schedule", "sparsity", "layers")
+                                if k in record}
         return entry
 
 
