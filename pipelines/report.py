@@ -88,26 +88,33 @@ def render_markdown(results: dict) -> str:
     return "\n".join(parts)
 
 
-def _scatter(variants: list[dict], x_of, x_label: str, title: str) -> bytes:
+def _scatter(variants: list[dict], x_of, x_label: str, title: str, log_x: bool) -> bytes:
+    """One panel per model (their sizes differ by orders of magnitude); variants
+    that land on the same point share one label."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for model in sorted({v["model"] for v in variants}):
-        points = [(x_of(v), v["accuracy"] * 100, v["name"]) for v in variants
-                  if v["model"] == model and x_of(v) is not None]
-        if not points:
-            continue
-        xs, ys, names = zip(*points)
-        axes.scatter(xs, ys, label=model)
-        for x, y, name in points:
-            axes.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
-    axes.set_xlabel(x_label)
-    axes.set_ylabel("accuracy on held-out data (%)")
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend()
+    models = sorted({v["model"] for v in variants})
+    figure, axes_row = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5),
+                                    squeeze=False)
+    for axes, model in zip(axes_row[0], models):
+        labels: dict[tuple[float, float], list[str]] = {}
+        for v in variants:
+            if v["model"] == model and x_of(v) is not None:
+                labels.setdefault((x_of(v), v["accuracy"] * 100), []).append(v["name"])
+        if labels:
+            xs, ys = zip(*labels)
+            axes.scatter(xs, ys)
+            if log_x:
+                axes.set_xscale("log")
+        for (x, y), names in labels.items():
+            axes.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(4, 4),
+                          fontsize=7)
+        axes.set_title(f"{title}: {model}")
+        axes.set_xlabel(x_label)
+        axes.set_ylabel("accuracy on held-out data (%)")
+        axes.grid(alpha=0.3)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
@@ -119,10 +126,10 @@ def write_report(results: dict, output_dir: Path) -> None:
     variants = results["variants"]
     atomic.write_bytes(output_dir / "plots" / "accuracy_vs_size.png",
                        _scatter(variants, lambda v: v["file_bytes"] / 1024, "model file (KiB)",
-                                "Accuracy vs size"))
+                                "Accuracy vs size", log_x=True))
     atomic.write_bytes(output_dir / "plots" / "accuracy_vs_latency.png",
                        _scatter(variants, lambda v: _first_benchmark(v).get("mean_ms"),
                                 "mean latency (ms, first benchmark target)",
-                                "Accuracy vs latency"))
+                                "Accuracy vs latency", log_x=False))
     atomic.write_json(output_dir / "results.json", results)
     atomic.write_text(output_dir / "report.md", render_markdown(results))
