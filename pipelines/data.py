@@ -2,7 +2,7 @@
 
 Everything becomes in-memory NumPy arrays, because validation, int8 calibration
 and the benchmarks all need the same examples again and again. Splits are
-stratified-free permutations with a fixed seed, so a run is repeatable.
+seeded random permutations, so a run is repeatable.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """One pipeline run: data -> train -> optimize -> convert -> validate -> benchmark -> report.
 
-Artifacts of a run folder (see README "Run folder"):
+Artifacts of a run folder (see README "What the default run produces"):
   <model>/keras/{float,pruned,qat,pqat}.keras   trained Keras models
   <model>/tflite/<variant>.tflite                converted variants
   <model>/logs/<phase>/                          TensorBoard logs (with pruning summaries)
