@@ -100,4 +100,37 @@ install_if_changed "requirements" "$REPO_ROOT/requirements.txt" "$VENV/.requirem
     -r "$REPO_ROOT/requirements.txt"
 install_if_changed "edgepipe (editable)" "$REPO_ROOT/pyproject.toml" "$VENV/.pyproject.sha256" \
     --no-deps -e "$REPO_ROOT"
+# The native LiteRT runtime (for tflite/litert_runtime.py) and the benchmark
+# runner, built with Bazel and copied to <repo>/.native/ where Python looks.
+# Skipped when none of their sources, the Bazel set-up or the wheel's
+# libLiteRt.so changed since the last build.
+NATIVE_DIR="$REPO_ROOT/.native"
+NATIVE_TARGETS=(//android_bench:libedgepipe_runtime.so)
+NATIVE_OUTPUTS=(libedgepipe_runtime.so)
+build_native() {
+    local stamp="$NATIVE_DIR/.sources.sha256" hash output missing=0
+    hash="$(cd "$REPO_ROOT" && cat WORKSPACE .bazelrc android_bench/BUILD android_bench/*.cc \
+        android_bench/*.h third_party/litert/* \
+        "$VENV"/lib/python3*/site-packages/ai_edge_litert/libLiteRt.so 2>/dev/null | sha256sum | cut -d' ' -f1)"
+    for output in "${NATIVE_OUTPUTS[@]}"; do
+        [ -f "$NATIVE_DIR/$output" ] || missing=1
+    done
+    if [ "$missing" -eq 0 ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$hash" ]; then
+        log "native runtime: up to date"
+        return
+    fi
+    log "native runtime: building ${NATIVE_TARGETS[*]}"
+    (cd "$REPO_ROOT" && bazel build -c opt --noshow_progress "${NATIVE_TARGETS[@]}" 2>&1 | tail -n 3) \
+        || die "bazel build of the native runtime failed"
+    mkdir -p "$NATIVE_DIR"
+    for output in "${NATIVE_OUTPUTS[@]}"; do
+        [ -f "$REPO_ROOT/bazel-bin/android_bench/$output" ] || die "bazel did not produce $output"
+        # Copy to a temporary name, then rename: a half-copied library never loads.
+        cp -f "$REPO_ROOT/bazel-bin/android_bench/$output" "$NATIVE_DIR/.$output.tmp"
+        mv -f "$NATIVE_DIR/.$output.tmp" "$NATIVE_DIR/$output"
+    done
+    printf '%s\n' "$hash" > "$stamp"
+}
+
+build_native
 log "done"
