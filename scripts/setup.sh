@@ -105,8 +105,8 @@ install_if_changed "edgepipe (editable)" "$REPO_ROOT/pyproject.toml" "$VENV/.pyp
 # Skipped when none of their sources, the Bazel set-up or the wheel's
 # libLiteRt.so changed since the last build.
 NATIVE_DIR="$REPO_ROOT/.native"
-NATIVE_TARGETS=(//android_bench:libedgepipe_runtime.so)
-NATIVE_OUTPUTS=(libedgepipe_runtime.so)
+NATIVE_TARGETS=(//android_bench:libedgepipe_runtime.so //android_bench:litert_bench)
+NATIVE_OUTPUTS=(libedgepipe_runtime.so litert_bench)
 build_native() {
     local stamp="$NATIVE_DIR/.sources.sha256" hash output missing=0
     hash="$(cd "$REPO_ROOT" && cat WORKSPACE .bazelrc android_bench/BUILD android_bench/*.cc \
