@@ -1,0 +1,527 @@
+"""Run the native benchmark runner on Android devices over ADB.
+
+Built on adbutils over the platform `adb` server. For each device: read what it
+is (model, ABI, Android version, SoC, core frequencies, thermal zones), push the
+runner, its shared libraries and the model into a fresh folder under
+/data/local/tmp, run once per thread count, pull the runner's JSON and remove the
+folder again. Devices run in parallel, one thread each.
+
+Every finished measurement is appended to a JSON Lines file and fsync'd before
+the next one starts (appending, not core.atomic's whole-file rename, so a
+crash or a pulled cable loses at most the measurement in flight); a later call
+with the same file skips what is already there. A device that disconnects is
+reconnected and resumes with the measurement that was interrupted.
+
+Transfers use adbutils' connection to the server with our own sync framing,
+because adbutils' Sync has no timeout (a device that stops acknowledging blocks
+a push forever), drops the device's FAIL reason ("No space left on device"), and
+its pull of a missing file makes an empty folder and reports success.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import socket
+import stat
+import struct
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import adbutils
+from absl import logging
+from adbutils.errors import AdbError, AdbTimeout
+
+from core.errors import UserError
+
+DEVICE_TMP = "/data/local/tmp"
+SYNC_DATA_MAX = 64 * 1024  # the sync protocol's largest DATA chunk
+STDERR_TAIL_LINES = 20
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How the runner measures; part of a measurement's identity when resuming."""
+
+    warmup_runs: int = 10
+    num_runs: int = 100
+    min_secs: float = 0.0
+    affinity: str | None = None  # taskset CPU mask in hex, e.g. "f0" for cores 4-7
+    extra_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds without an answer before a step counts as hung."""
+
+    command: float = 60.0     # short shell commands: info, mkdir, rm
+    transfer: float = 120.0   # one push or pull
+    run: float = 900.0        # one runner invocation
+    reconnect: float = 30.0   # waiting for a disconnected device to come back
+
+
+class _Disconnected(Exception):
+    """The device or its connection went away during a step (may be transient)."""
+
+
+class _TimedOut(Exception):
+    def __init__(self, what: str, seconds: float):
+        super().__init__(what)
+        self.what, self.seconds = what, seconds
+
+
+class ResultStore:
+    """Finished measurements as JSON Lines, one fsync'd line each."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+
+    def load(self) -> list[dict]:
+        """Every complete line; a line torn by a crash mid-write is skipped."""
+        if not self.path.exists():
+            return []
+        records = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
+
+    def append(self, record: dict) -> None:
+        line = json.dumps(record, sort_keys=True) + "\n"
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+
+
+def _state_message(serial: str, state: str) -> str:
+    if state == "unauthorized":
+        return (f"device {serial} is unauthorized: unlock it and accept the 'Allow USB debugging?' "
+                "RSA key prompt on its screen, then run again (no prompt: re-plug it, or revoke USB "
+                "debugging authorizations in Developer options and re-plug)")
+    if state == "offline":
+        return (f"device {serial} is offline: re-plug the cable (or `adb connect {serial}` for a "
+                "network device) until `adb devices` lists it as 'device'")
+    return f"device {serial} is in state '{state}', not 'device': boot it to Android and run again"
+
+
+def _client() -> adbutils.AdbClient:
+    return adbutils.AdbClient()  # host/port from ANDROID_ADB_SERVER_HOST/_PORT, as `adb` uses
+
+
+def _states(client: adbutils.AdbClient) -> dict[str, str]:
+    """Every device the server knows, in any state (device_list() hides all but 'device')."""
+    try:
+        return {info.serial: info.state for info in client.list(extended=True)}
+    except AdbError as error:
+        raise UserError(f"cannot reach the adb server ({error}): install adb (scripts/setup.sh "
+                        "does) and check `adb devices` works") from None
+
+
+def _is_network_serial(serial: str) -> bool:
+    host, _, port = serial.rpartition(":")
+    return bool(host) and port.isdigit()
+
+
+def _connect(client: adbutils.AdbClient, serial: str, timeout: float) -> str:
+    """`adb connect`; it reports failure only in its text, which is returned for messages."""
+    try:
+        return client.connect(serial, timeout=timeout)
+    except AdbError as error:
+        return str(error)
+
+
+def discover(targets: str | Sequence[str] = "all",
+             client: adbutils.AdbClient | None = None,
+             timeouts: Timeouts = Timeouts()) -> list[str]:
+    """Serials of the target devices, each ready ('device' state), or one clear UserError.
+
+    `targets` is "all" or a list of serials; a HOST:PORT serial that is not
+    connected yet is connected first.
+    """
+    client = client or _client()
+    states = _states(client)
+    if targets == "all":
+        serials = sorted(states)
+        if not serials:
+            raise UserError("no Android device connected: plug one in with USB debugging enabled "
+                            "(or `adb connect HOST:PORT`) and check `adb devices` lists it")
+    else:
+        serials = list(dict.fromkeys(targets))
+        for serial in serials:
+            if serial not in states and _is_network_serial(serial):
+                answer = _connect(client, serial, timeouts.command)
+                states = _states(client)
+                if serial not in states:
+                    raise UserError(f"cannot connect to device {serial}: adb says '{answer}'; check "
+                                    "the address and that wireless debugging is on")
+        missing = [s for s in serials if s not in states]
+        if missing:
+            known = ", ".join(f"{s} ({st})" for s, st in sorted(states.items())) or "none"
+            raise UserError(f"device {', '.join(missing)} not found (connected: {known}); "
+                            "check the serial with `adb devices`")
+    problems = [_state_message(s, states[s]) for s in serials if states[s] != "device"]
+    if problems:
+        raise UserError("; ".join(problems))
+    return serials
+
+
+def _parse_info(serial: str, text: str) -> dict:
+    props: dict[str, str] = {}
+    cpus, thermal = [], []
+    for line in text.splitlines():
+        kind, _, rest = line.partition(" ")
+        if kind == "prop":
+            key, _, value = rest.partition(" ")
+            props[key] = value.strip()
+        elif kind == "cpu":
+            fields = rest.split()
+            if fields and fields[0].isdigit():
+                numbers = [int(f) if f.isdigit() else None for f in fields[1:3]] + [None, None]
+                cpus.append({"cpu": int(fields[0]), "cur_khz": numbers[0], "max_khz": numbers[1]})
+        elif kind == "thermal":
+            zone, _, rest = rest.partition(" ")
+            kind_name, _, temp = rest.rpartition(" ")
+            if zone.isdigit() and temp.lstrip("-").isdigit():
+                value = int(temp)
+                # Most kernels report millidegrees; a few report degrees.
+                thermal.append({"zone": int(zone), "type": kind_name,
+                                "temp_c": value / 1000 if abs(value) >= 1000 else float(value)})
+    return {
+        "serial": serial,
+        "model": props.get("ro.product.model", ""),
+        "abi": props.get("ro.product.cpu.abi", ""),
+        "android": props.get("ro.build.version.release", ""),
+        "soc": props.get("ro.soc.model") or props.get("ro.board.platform") or props.get("ro.hardware", ""),
+        "board": props.get("ro.board.platform", ""),
+        "hardware": props.get("ro.hardware", ""),
+        "cpus": sorted(cpus, key=lambda c: c["cpu"]),
+        "thermal": sorted(thermal, key=lambda t: t["zone"]),
+    }
+
+
+_INFO_PROPS = ("ro.product.model", "ro.product.cpu.abi", "ro.build.version.release",
+               "ro.soc.model", "ro.board.platform", "ro.hardware")
+# One shell round trip for everything; sysfs files that are missing read as empty.
+_INFO_SCRIPT = (
+    "for p in " + " ".join(_INFO_PROPS) + "; do echo \"prop $p $(getprop $p)\"; done; "
+    "for c in /sys/devices/system/cpu/cpu[0-9]*; do echo \"cpu ${c##*/cpu} "
+    "$(cat $c/cpufreq/scaling_cur_freq 2>/dev/null) $(cat $c/cpufreq/cpuinfo_max_freq 2>/dev/null)\"; "
+    "done; "
+    "for z in /sys/class/thermal/thermal_zone*; do echo \"thermal ${z##*/thermal_zone} "
+    "$(cat $z/type 2>/dev/null) $(cat $z/temp 2>/dev/null)\"; done")
+
+
+class DeviceSession:
+    """One device: shell and file transfer with timeouts, and its per-run folder."""
+
+    def __init__(self, client: adbutils.AdbClient, serial: str, timeouts: Timeouts = Timeouts()):
+        self.client, self.serial, self.timeouts = client, serial, timeouts
+        self.device = client.device(serial)
+        self.run_dir = f"{DEVICE_TMP}/edgepipe-{uuid.uuid4().hex[:12]}"
+
+    def shell(self, command: str, timeout: float, what: str) -> adbutils.ShellReturn:
+        """Run `command` (already quoted) with shell_v2, so its exit status comes back."""
+        try:
+            return self.device.shell2(command, timeout=timeout, v2=True)
+        except AdbTimeout:
+            raise _TimedOut(what, timeout) from None
+        except (AdbError, OSError, EOFError) as error:
+            raise _Disconnected(f"{what}: {error}") from None
+
+    def info(self) -> dict:
+        result = self.shell(_INFO_SCRIPT, self.timeouts.command, "reading device info")
+        return _parse_info(self.serial, result.stdout)
+
+    def _sync(self) -> adbutils.AdbConnection:
+        connection = self.device.open_transport(timeout=self.timeouts.transfer)
+        connection.send_command("sync:")
+        connection.check_okay()
+        return connection
+
+    @staticmethod
+    def _request(connection: adbutils.AdbConnection, request: bytes, arg: str) -> None:
+        data = arg.encode("utf-8")
+        connection.conn.sendall(request + struct.pack("<I", len(data)) + data)
+
+    @staticmethod
+    def _fail_reason(connection: adbutils.AdbConnection) -> str:
+        (length,) = struct.unpack("<I", connection.read_exact(4))
+        return connection.read_exact(length).decode("utf-8", "replace")
+
+    def _transfer(self, what: str, action):
+        try:
+            return action()
+        except (AdbTimeout, socket.timeout):
+            raise _TimedOut(what, self.timeouts.transfer) from None
+        except (AdbError, OSError, EOFError) as error:
+            raise _Disconnected(f"{what}: {error}") from None
+
+    def stat(self, remote: str) -> tuple[int, int]:
+        """(mode, size) of a device path; mode 0 when it does not exist."""
+
+        def run() -> tuple[int, int]:
+            with self._sync() as c:
+                self._request(c, b"STAT", remote)
+                reply = c.read_exact(16)
+                self._request(c, b"QUIT", "")
+            if reply[:4] != b"STAT":
+                raise AdbError(f"unexpected sync reply {reply[:4]!r}")
+            mode, size, _mtime = struct.unpack("<III", reply[4:])
+            return mode, size
+
+        return self._transfer(f"stat {remote}", run)
+
+    def push(self, local: Path, remote: str, mode: int = 0o755) -> None:
+        """Push one file; the device's refusal (e.g. out of space) is a UserError."""
+
+        def run() -> str | None:
+            with self._sync() as c, open(local, "rb") as f:
+                self._request(c, b"SEND", f"{remote},{stat.S_IFREG | mode}")
+                while chunk := f.read(SYNC_DATA_MAX):
+                    c.conn.sendall(b"DATA" + struct.pack("<I", len(chunk)) + chunk)
+                c.conn.sendall(b"DONE" + struct.pack("<I", int(time.time())))
+                status = c.read_exact(4)
+                if status == b"FAIL":
+                    return self._fail_reason(c)
+                c.read_exact(4)
+                self._request(c, b"QUIT", "")
+                return None if status == b"OKAY" else f"unexpected reply {status!r}"
+
+        reason = self._transfer(f"push {local.name} to {remote}", run)
+        if reason is None:
+            return
+        size_mb = local.stat().st_size / 1e6
+        if "No space left" in reason:
+            raise UserError(f"device {self.serial} is out of space: pushing {local.name} "
+                            f"({size_mb:.1f} MB) to {remote} failed ({reason}); free space on "
+                            f"the device (e.g. old files in {DEVICE_TMP}) and run again")
+        raise UserError(f"device {self.serial} refused {local.name} at {remote}: {reason}")
+
+    def read_file(self, remote: str) -> bytes | None:
+        """A device file's bytes, or None if it does not exist (STAT first, then RECV)."""
+
+        def run() -> bytes | None:
+            with self._sync() as c:
+                self._request(c, b"STAT", remote)
+                mode, _size, _mtime = struct.unpack("<III", c.read_exact(16)[4:])
+                if not stat.S_ISREG(mode):
+                    self._request(c, b"QUIT", "")
+                    return None
+                self._request(c, b"RECV", remote)
+                data = bytearray()
+                while True:
+                    kind = c.read_exact(4)
+                    if kind == b"DATA":
+                        (length,) = struct.unpack("<I", c.read_exact(4))
+                        data += c.read_exact(length)
+                    elif kind == b"DONE":
+                        c.read_exact(4)
+                        break
+                    else:
+                        raise AdbError(f"pull {remote}: {self._fail_reason(c)}")
+                self._request(c, b"QUIT", "")
+                return bytes(data)
+
+        return self._transfer(f"pull {remote}", run)
+
+    def push_missing(self, files: Sequence[Path]) -> None:
+        """Push each file not already in the run folder at its full size (resumes a push)."""
+        self.shell(f"mkdir -p {shlex.quote(self.run_dir)}", self.timeouts.command,
+                   f"mkdir {self.run_dir}")
+        for local in files:
+            remote = f"{self.run_dir}/{local.name}"
+            mode, size = self.stat(remote)
+            if stat.S_ISREG(mode) and size == local.stat().st_size:
+                continue
+            self.push(local, remote)
+
+    def cleanup(self) -> None:
+        """Remove the run folder; a device that is gone or hung is left as it is."""
+        try:
+            self.shell(f"rm -rf {shlex.quote(self.run_dir)}", self.timeouts.command,
+                       f"rm -rf {self.run_dir}")
+        except (_Disconnected, _TimedOut) as error:
+            logging.warning("%s: could not remove %s (%s)", self.serial, self.run_dir, error)
+
+    def reconnect(self) -> None:
+        """Wait for the device to come back, re-running `adb connect` for network devices."""
+        deadline = time.monotonic() + self.timeouts.reconnect
+        while time.monotonic() < deadline:
+            state = _states(self.client).get(self.serial)
+            if state == "device":
+                return
+            if _is_network_serial(self.serial):
+                if state is not None:
+                    self.client.disconnect(self.serial)
+                _connect(self.client, self.serial, self.timeouts.command)
+            time.sleep(0.5)
+        raise _Disconnected(f"not back within {self.timeouts.reconnect:.0f} s")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _identity(record: dict) -> tuple:
+    """What makes two measurements the same one (for skipping finished work)."""
+    return (record["target"], record["model_sha256"], record["runner_sha256"], record["threads"],
+            json.dumps(record["settings"], sort_keys=True))
+
+
+class _DeviceRun:
+    """All thread counts on one device, with reconnects and resumption."""
+
+    def __init__(self, session: DeviceSession, files: list[Path], model: Path, runner: Path,
+                 base: dict, settings: RunSettings, store: ResultStore, retries: int):
+        self.session, self.files, self.model, self.runner = session, files, model, runner
+        self.base, self.settings, self.store, self.retries = base, settings, store, retries
+        self.finished: list[dict] = []
+
+    def _command(self, threads: int, json_path: str) -> str:
+        d = self.session.run_dir
+        s = self.settings
+        argv = ([f"{d}/{self.runner.name}", f"--graph={d}/{self.model.name}",
+                 f"--num_threads={threads}", f"--warmup_runs={s.warmup_runs}",
+                 f"--num_runs={s.num_runs}", f"--min_secs={s.min_secs}",
+                 f"--json_output={json_path}", *s.extra_args])
+        if s.affinity:
+            argv = ["taskset", s.affinity, *argv]
+        return (f"cd {shlex.quote(d)} && LD_LIBRARY_PATH={shlex.quote(d)} "
+                + " ".join(shlex.quote(arg) for arg in argv))
+
+    def _measure(self, info: dict, threads: int) -> dict:
+        session = self.session
+        json_path = f"{session.run_dir}/result-{threads}.json"
+        what = f"{self.runner.name} --num_threads={threads} on {session.serial}"
+        result = session.shell(self._command(threads, json_path), session.timeouts.run, what)
+        if result.returncode != 0:
+            tail = "\n".join(result.stderr.strip().splitlines()[-STDERR_TAIL_LINES:])
+            raise UserError(f"the runner failed on device {session.serial} (threads={threads}, "
+                            f"exit status {result.returncode}); its stderr ends with:\n{tail}")
+        data = session.read_file(json_path)
+        if not data:
+            raise UserError(f"the runner exited 0 on device {session.serial} (threads={threads}) "
+                            f"but wrote no JSON to {json_path}; check that it accepts --json_output")
+        try:
+            runner_json = json.loads(data)
+        except json.JSONDecodeError as error:
+            raise UserError(f"the runner's JSON from device {session.serial} (threads={threads}) "
+                            f"is not valid JSON ({error})") from None
+        return {**self.base, "device": info, "threads": threads, "runner": runner_json}
+
+    def run(self, threads: Sequence[int]) -> list[dict]:
+        pending = list(threads)
+        info: dict | None = None
+        reconnects = 0
+        step = "starting"
+        try:
+            while pending:
+                try:
+                    step = "reading device info"
+                    info = info or self.session.info()
+                    step = "pushing files"
+                    self.session.push_missing(self.files)
+                    while pending:
+                        step = f"measuring threads={pending[0]}"
+                        record = self._measure(info, pending[0])
+                        self.store.append(record)
+                        self.finished.append(record)
+                        logging.info("%s: threads=%d done", self.session.serial, pending.pop(0))
+                except _Disconnected as error:
+                    reconnects += 1
+                    logging.warning("%s: disconnected while %s (%s); reconnecting (%d/%d)",
+                                    self.session.serial, step, error, reconnects, self.retries)
+                    if reconnects > self.retries:
+                        raise
+                    try:
+                        self.session.reconnect()
+                    except _Disconnected:
+                        pass  # the next step fails fast and counts as another attempt
+        except _Disconnected:
+            done = ", ".join(str(r["threads"]) for r in self.finished) or "none"
+            raise UserError(
+                f"device {self.session.serial} disconnected while {step} and {self.retries} "
+                f"reconnect attempts did not get it back for good; finished on it: threads {done} "
+                f"(saved in {self.store.path}); reconnect it and run again: finished measurements "
+                "are not repeated") from None
+        except _TimedOut as error:
+            raise UserError(f"timed out on device {self.session.serial}: `{error.what}` gave no "
+                            f"answer within {error.seconds:.0f} s; re-plug the device or raise the "
+                            "timeout") from None
+        finally:
+            self.session.cleanup()
+        return self.finished
+
+
+def benchmark_on_devices(model: str | os.PathLike, runner: str | os.PathLike, *,
+                         results_path: str | os.PathLike,
+                         targets: str | Sequence[str] = "all",
+                         threads: Sequence[int] = (1,),
+                         libraries: Sequence[str | os.PathLike] = (),
+                         settings: RunSettings = RunSettings(),
+                         timeouts: Timeouts = Timeouts(),
+                         retries: int = 3,
+                         client: adbutils.AdbClient | None = None) -> list[dict]:
+    """Measure `model` with `runner` on each target for each thread count.
+
+    Returns one dict per measurement, {target, device, threads, runner (the
+    runner's JSON), model, model_sha256, runner_sha256, settings}, including those
+    already in `results_path` from an earlier, interrupted call (not measured again).
+    Any device failing raises one UserError after the others have finished.
+    """
+    model, runner = Path(model), Path(runner)
+    files = [runner, *(Path(lib) for lib in libraries), model]
+    for path in files:
+        if not path.is_file():
+            raise UserError(f"{path} does not exist: build it first or fix the path")
+    names = [path.name for path in files]
+    if len(set(names)) != len(names):
+        raise UserError(f"runner, libraries and model must have distinct file names: {names}")
+    client = client or _client()
+    serials = discover(targets, client, timeouts)
+    store = ResultStore(results_path)
+    base = {"model": model.name, "model_sha256": _sha256(model), "runner_sha256": _sha256(runner),
+            "settings": asdict(settings)}
+    base["settings"]["extra_args"] = list(settings.extra_args)
+    done = {_identity(r): r for r in store.load() if "model_sha256" in r}
+
+    def on_device(serial: str) -> list[dict]:
+        wanted = [t for t in threads if _identity({**base, "target": serial, "threads": t}) not in done]
+        reused = [done[_identity({**base, "target": serial, "threads": t})]
+                  for t in threads if t not in wanted]
+        if not wanted:
+            return reused
+        session = DeviceSession(client, serial, timeouts)
+        device_run = _DeviceRun(session, files, model, runner, {**base, "target": serial},
+                                settings, store, retries)
+        return reused + device_run.run(wanted)
+
+    errors: list[str] = []
+    results: list[dict] = []
+    with ThreadPoolExecutor(max_workers=len(serials), thread_name_prefix="adb") as pool:
+        futures = [pool.submit(on_device, serial) for serial in serials]
+        for future in futures:
+            try:
+                results.extend(future.result())
+            except UserError as error:
+                errors.append(str(error))
+    if errors:
+        raise UserError("\n".join(errors) + f"\nevery finished measurement is saved in "
+                        f"{store.path}; run again to resume")
+    return results
