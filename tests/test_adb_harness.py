@@ -177,3 +177,25 @@ def test_discovery_messages(adb_server, make_device):
         discover(["127.0.0.1:1"])
     fresh = make_device()  # a network serial that is not connected yet is connected
     assert discover([fresh.serial]) == [fresh.serial]
+
+
+NATIVE_RUNNER = Path(__file__).resolve().parents[1] / ".native" / "litert_bench"
+
+
+@pytest.mark.skipif(not NATIVE_RUNNER.is_file(), reason="scripts/setup.sh builds .native/litert_bench")
+def test_real_runner_on_emulated_device(adb_server, adb_device, tmp_path, tiny_tflite_bytes):
+    import ai_edge_litert
+
+    model = tmp_path / "tiny model.tflite"
+    model.write_bytes(tiny_tflite_bytes)
+    settings = RunSettings(warmup_runs=1, num_runs=5, min_secs=0,
+                           extra_args=("--warmup_min_secs=0", "--max_secs=30"))
+    results = benchmark_on_devices(
+        model, NATIVE_RUNNER, libraries=[Path(ai_edge_litert.__file__).parent / "libLiteRt.so"],
+        results_path=tmp_path / "results.jsonl", threads=(1, 2), settings=settings, timeouts=FAST)
+    assert [r["threads"] for r in results] == [1, 2]
+    for record in results:
+        report = record["runner"]
+        assert report["schema_version"] == 1 and report["settings"]["num_threads"] == record["threads"]
+        assert report["steady_state"]["count"] >= 5 and report["model"]["size_bytes"] == model.stat().st_size
+    assert list(adb_device.tmp.iterdir()) == []
