@@ -19,18 +19,16 @@ its pull of a missing file makes an empty folder and reports success.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
 import socket
 import stat
 import struct
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -38,22 +36,13 @@ import adbutils
 from absl import logging
 from adbutils.errors import AdbError, AdbTimeout
 
+from android_bench.runner import (ResultStore, RunSettings, measurement_base,
+                                  measurement_identity, runner_command)
 from core.errors import UserError
 
 DEVICE_TMP = "/data/local/tmp"
 SYNC_DATA_MAX = 64 * 1024  # the sync protocol's largest DATA chunk
 STDERR_TAIL_LINES = 20
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """How the runner measures; part of a measurement's identity when resuming."""
-
-    warmup_runs: int = 10
-    num_runs: int = 100
-    min_secs: float = 0.0
-    affinity: str | None = None  # taskset CPU mask in hex, e.g. "f0" for cores 4-7
-    extra_args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -74,35 +63,6 @@ class _TimedOut(Exception):
     def __init__(self, what: str, seconds: float):
         super().__init__(what)
         self.what, self.seconds = what, seconds
-
-
-class ResultStore:
-    """Finished measurements as JSON Lines, one fsync'd line each."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self._lock = threading.Lock()
-
-    def load(self) -> list[dict]:
-        """Every complete line; a line torn by a crash mid-write is skipped."""
-        if not self.path.exists():
-            return []
-        records = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return records
-
-    def append(self, record: dict) -> None:
-        line = json.dumps(record, sort_keys=True) + "\n"
-        with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
 
 
 def _state_message(serial: str, state: str) -> str:
@@ -370,20 +330,6 @@ class DeviceSession:
         raise _Disconnected(f"not back within {self.timeouts.reconnect:.0f} s")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _identity(record: dict) -> tuple:
-    """What makes two measurements the same one (for skipping finished work)."""
-    return (record["target"], record["model_sha256"], record["runner_sha256"], record["threads"],
-            json.dumps(record["settings"], sort_keys=True))
-
-
 class _DeviceRun:
     """All thread counts on one device, with reconnects and resumption."""
 
@@ -395,15 +341,9 @@ class _DeviceRun:
 
     def _command(self, threads: int, json_path: str) -> str:
         d = self.session.run_dir
-        s = self.settings
-        argv = ([f"{d}/{self.runner.name}", f"--graph={d}/{self.model.name}",
-                 f"--num_threads={threads}", f"--warmup_runs={s.warmup_runs}",
-                 f"--num_runs={s.num_runs}", f"--min_secs={s.min_secs}",
-                 f"--json_output={json_path}", *s.extra_args])
-        if s.affinity:
-            argv = ["taskset", s.affinity, *argv]
-        return (f"cd {shlex.quote(d)} && LD_LIBRARY_PATH={shlex.quote(d)} "
-                + " ".join(shlex.quote(arg) for arg in argv))
+        argv = runner_command(f"{d}/{self.runner.name}", f"{d}/{self.model.name}", threads,
+                              self.settings, json_path)
+        return f"cd {shlex.quote(d)} && LD_LIBRARY_PATH={shlex.quote(d)} {shlex.join(argv)}"
 
     def _measure(self, info: dict, threads: int) -> dict:
         session = self.session
@@ -496,14 +436,13 @@ def benchmark_on_devices(model: str | os.PathLike, runner: str | os.PathLike, *,
     client = client or _client()
     serials = discover(targets, client, timeouts)
     store = ResultStore(results_path)
-    base = {"model": model.name, "model_sha256": _sha256(model), "runner_sha256": _sha256(runner),
-            "settings": asdict(settings)}
-    base["settings"]["extra_args"] = list(settings.extra_args)
-    done = {_identity(r): r for r in store.load() if "model_sha256" in r}
+    base = measurement_base(model, runner, settings)
+    done = store.finished()
 
     def on_device(serial: str) -> list[dict]:
-        wanted = [t for t in threads if _identity({**base, "target": serial, "threads": t}) not in done]
-        reused = [done[_identity({**base, "target": serial, "threads": t})]
+        wanted = [t for t in threads
+                  if measurement_identity({**base, "target": serial, "threads": t}) not in done]
+        reused = [done[measurement_identity({**base, "target": serial, "threads": t})]
                   for t in threads if t not in wanted]
         if not wanted:
             return reused

@@ -1,59 +1,55 @@
-"""Benchmark targets and latency statistics.
+"""Benchmark targets: the host and Android devices over ADB.
 
-A target measures one .tflite with a thread count and returns raw timings; the
-statistics are computed here, the same way for every target. The host target
-runs LiteRT in this process; device targets (ADB) implement the same `measure`.
+Both run the same native runner (`litert_bench`), append every finished
+measurement to a JSON Lines journal (so an interrupted benchmark resumes where
+it stopped), and come back as results.json benchmark records, one per target and
+thread count, so the report treats them alike.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
 
-import numpy as np
-
+from android_bench.runner import (RunSettings, benchmark_on_host, litert_library,
+                                  runner_binary, to_benchmark_record)
 from core.errors import UserError
 from pipelines.config import BenchmarkConfig
-from tflite.runtime import measure_host
 
 STAT_FIELDS = ("init_ms", "first_ms", "mean_ms", "std_ms", "p50_ms", "p90_ms", "p99_ms")
 
 
-class BenchmarkTarget(Protocol):
-    name: str
-
-    def measure(self, model_path: Path, threads: int, settings: BenchmarkConfig) -> dict:
-        """Return {"init_ms", "first_ms", "runs_ms": [...]} for one model and thread count."""
+def run_settings(settings: BenchmarkConfig) -> RunSettings:
+    return RunSettings(warmup_runs=settings.warmup_runs, num_runs=settings.num_runs,
+                       min_secs=settings.min_secs, affinity=settings.affinity)
 
 
-class HostTarget:
-    """This machine, through the LiteRT interpreter."""
-
-    name = "host"
-
-    def measure(self, model_path: Path, threads: int, settings: BenchmarkConfig) -> dict:
-        return measure_host(model_path, num_threads=threads, warmup_runs=settings.warmup_runs,
-                            num_runs=settings.num_runs, min_secs=settings.min_secs)
-
-
-def targets_from_names(names: list[str]) -> list[BenchmarkTarget]:
-    targets: list[BenchmarkTarget] = []
-    for name in names:
-        if name != "host":
-            raise UserError(f"benchmark target {name!r} is not available; this version "
-                            "benchmarks on 'host' only.")
-        targets.append(HostTarget())
-    return targets
+def _device_files(settings: BenchmarkConfig) -> tuple[Path, list[Path]]:
+    """The runner and libraries pushed to devices: by default the host build, which
+    only runs on a device of the same ABI (build for arm64 as in RUNNER.md)."""
+    runner = Path(settings.device_runner) if settings.device_runner else runner_binary()
+    libraries = ([Path(p) for p in settings.device_libraries] if settings.device_libraries
+                 else [litert_library()])
+    return runner, libraries
 
 
-def summarize(raw: dict, target: str, threads: int) -> dict:
-    """Latency statistics in milliseconds over the steady-state runs."""
-    runs = np.asarray(raw["runs_ms"], dtype=np.float64)
-    if runs.size == 0:
-        raise UserError(f"benchmark on {target}: no timed runs; set benchmark.num_runs >= 1.")
-    return {
-        "target": target, "threads": threads, "runs": int(runs.size),
-        "init_ms": float(raw["init_ms"]), "first_ms": float(raw["first_ms"]),
-        "mean_ms": float(runs.mean()), "std_ms": float(runs.std(ddof=1)) if runs.size > 1 else 0.0,
-        "p50_ms": float(np.percentile(runs, 50)), "p90_ms": float(np.percentile(runs, 90)),
-        "p99_ms": float(np.percentile(runs, 99)),
-    }
+def measure(target: str, model_path: Path, settings: BenchmarkConfig, journal: Path) -> list[dict]:
+    """Benchmark records of `model_path` on `target` ("host", a device serial, or
+    "all" devices) for every configured thread count."""
+    if target == "host":
+        measurements = benchmark_on_host(model_path, results_path=journal,
+                                         threads=settings.threads, settings=run_settings(settings))
+    else:
+        from android_bench.adb_harness import benchmark_on_devices
+
+        runner, libraries = _device_files(settings)
+        measurements = benchmark_on_devices(model_path, runner, results_path=journal,
+                                            targets=target, threads=settings.threads,
+                                            libraries=libraries, settings=run_settings(settings))
+    return [to_benchmark_record(m) for m in measurements]
+
+
+def check_targets(targets: list[str]) -> None:
+    if not targets:
+        raise UserError("benchmark.targets is empty: use host, a device serial, or all.")
+    if "all" in targets and len(targets) > 1 and set(targets) - {"all", "host"}:
+        raise UserError(f"benchmark.targets {targets}: 'all' already means every device; "
+                        "list serials or all, not both.")

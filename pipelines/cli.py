@@ -33,7 +33,9 @@ flags.DEFINE_multi_string("option", [], "summary: builder option NAME=VALUE (YAM
                           "e.g. --option alpha=0.5.")
 # bench
 flags.DEFINE_string("model", None, "bench: the .tflite file to measure.")
-flags.DEFINE_list("target", ["host"], "bench: benchmark targets.")
+flags.DEFINE_list("target", ["host"], "bench: host, device serials (as `adb devices` lists "
+                  "them) or all (every connected device).")
+flags.DEFINE_string("affinity", None, "bench: taskset CPU mask in hex for the runner, e.g. f0.")
 flags.DEFINE_list("threads", ["1"], "bench/run: thread counts, e.g. 1,2,4.")
 flags.DEFINE_integer("warmup_runs", 5, "bench: untimed runs before measuring.")
 flags.DEFINE_integer("num_runs", 50, "bench: timed runs (at least).")
@@ -102,8 +104,10 @@ def command_summary(args: list[str]) -> None:
 
 
 def command_bench(args: list[str]) -> None:
+    import tempfile
+
     from core import atomic
-    from pipelines.benchmark import summarize as summarize_latency, targets_from_names
+    from pipelines.benchmark import check_targets, measure
     from pipelines.config import BenchmarkConfig
     from pipelines.report import benchmarks_table
 
@@ -112,14 +116,16 @@ def command_bench(args: list[str]) -> None:
     path = Path(FLAGS.model)
     if not path.is_file():
         raise UserError(f"--model {FLAGS.model!r} does not exist.")
+    check_targets(FLAGS.target)
     settings = BenchmarkConfig(targets=FLAGS.target, threads=_ints(FLAGS.threads, "threads"),
                                warmup_runs=FLAGS.warmup_runs, num_runs=FLAGS.num_runs,
-                               min_secs=FLAGS.min_secs)
-    rows = []
-    for target in targets_from_names(settings.targets):
-        for threads in settings.threads:
-            rows.append(summarize_latency(target.measure(path, threads, settings),
-                                          target.name, threads))
+                               min_secs=FLAGS.min_secs, affinity=FLAGS.affinity)
+    # Measurements are journalled next to the JSON output (or in a temporary
+    # folder), so an interrupted multi-device benchmark keeps what finished.
+    journal_dir = Path(FLAGS.json_output).parent if FLAGS.json_output else \
+        Path(tempfile.mkdtemp(prefix="edgepipe-bench-"))
+    journal = journal_dir / f"{path.stem}.measurements.jsonl"
+    rows = [row for target in settings.targets for row in measure(target, path, settings, journal)]
     print(benchmarks_table([{"model": path.stem, "name": path.name, "benchmarks": rows}]))
     if FLAGS.json_output:
         atomic.write_text(FLAGS.json_output, json.dumps({"model": str(path), "benchmarks": rows},
@@ -135,7 +141,7 @@ commands:
   run       train, optimize, convert, validate, benchmark and report (default config if none)
   inspect   show ops, tensors, quantization and sparsity of a .tflite file
   summary   parameters and mult-adds per layer of a model builder
-  bench     benchmark a .tflite file on the host
+  bench     benchmark a .tflite file on the host and/or Android devices over ADB
 
 `edgepipe COMMAND --help` lists the flags."""
 

@@ -94,11 +94,17 @@ class ModelConfig:
 
 @dataclass
 class BenchmarkConfig:
+    """Targets are "host", device serials (as `adb devices` lists them) or "all"
+    devices; every target runs the native runner for each thread count."""
+
     targets: list[str] = field(default_factory=lambda: ["host"])
     threads: list[int] = field(default_factory=lambda: [1])
     warmup_runs: int = 5
     num_runs: int = 50
     min_secs: float = 0.0
+    affinity: str | None = None  # taskset CPU mask in hex, e.g. "f0"
+    device_runner: str | None = None  # default: the host build in .native/
+    device_libraries: list[str] = field(default_factory=list)  # default: the wheel's libLiteRt.so
 
 
 @dataclass

@@ -40,14 +40,23 @@ def variants_table(variants: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def device_label(device: dict) -> str:
+    """Short description of what a benchmark ran on (host CPU, or phone model and SoC)."""
+    if device.get("kind") == "host":
+        return device.get("cpu_model") or "host"
+    return " ".join(str(device[k]) for k in ("model", "soc") if device.get(k)) or "device"
+
+
 def benchmarks_table(variants: list[dict]) -> str:
     """Markdown table of every benchmark, grouped by target."""
     rows = sorted(((b["target"], v["model"], v["name"], b) for v in variants
                    for b in v.get("benchmarks", [])), key=lambda r: r[0])
-    lines = ["| target | model | variant | threads | init ms | first ms | mean ms | std ms "
-             "| p50 ms | p90 ms | p99 ms |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| target | device | model | variant | threads | init ms | first ms | mean ms "
+             "| std ms | p50 ms | p90 ms | p99 ms |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for target, model, name, b in rows:
-        lines.append(f"| {target} | {model} | {name} | {b['threads']} | {b['init_ms']:.2f} | "
+        lines.append(f"| {target} | {device_label(b.get('device', {}))} | {model} | {name} | "
+                     f"{b['threads']} | {b['init_ms']:.2f} | "
                      f"{b['first_ms']:.3f} | {b['mean_ms']:.3f} | {b['std_ms']:.3f} | "
                      f"{b['p50_ms']:.3f} | {b['p90_ms']:.3f} | {b['p99_ms']:.3f} |")
     return "\n".join(lines)

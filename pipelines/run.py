@@ -26,7 +26,7 @@ from core.keras_env import keras, tf
 from models.registry import build_model, ensure_tf_keras_model
 from models.summary import summarize
 from pipelines import optimize, pruning, report
-from pipelines.benchmark import summarize as summarize_latency, targets_from_names
+from pipelines.benchmark import check_targets, measure as measure_target
 from pipelines.config import ModelConfig, RunConfig, to_dict, variant_stage
 from pipelines.data import Dataset, load_dataset
 from pipelines.stages import StageRunner, stage_key
@@ -178,31 +178,23 @@ class ModelRun:
             lambda: validate_variant(path, self.keras_outputs(phase), self.data.x_test,
                                      self.data.y_test), kind="validate")
 
-    def benchmark(self, variant: str, convert_key: str) -> list[dict]:
-        """Each measurement's manifest is written as it completes, so an interrupted
-        benchmark keeps what it finished and resumes after it."""
+    def benchmark(self, variant: str) -> list[dict]:
+        """Every target and thread count; finished measurements are journalled in
+        <model>/benchmarks/<variant>.jsonl as they complete, and a later run (or a
+        resumed one) skips those whose model, runner and settings are unchanged."""
         settings = self.run.benchmark
         path = self.folder / "tflite" / f"{variant}.tflite"
-        results = []
-        for target in targets_from_names(settings.targets):
-            for threads in settings.threads:
-                key = stage_key("benchmark", convert_key, target.name, threads,
-                                dataclasses.asdict(settings))
-
-                def measure(target=target, threads=threads) -> dict:
-                    raw = target.measure(path, threads, settings)
-                    return summarize_latency(raw, target.name, threads)
-
-                results.append(self.stages.run(
-                    self.config.name, f"benchmark_{variant}_{target.name}_{threads}", key, [],
-                    measure, kind="benchmark"))
-        return results
+        journal = self.folder / "benchmarks" / f"{variant}.jsonl"
+        records = []
+        with self.stages.timed("benchmark"):
+            for target in settings.targets:
+                records += measure_target(target, path, settings, journal)
+        return records
 
     def variants(self) -> list[dict]:
-        rows, failures, convert_keys = [], [], {}
+        rows, failures = [], []
         for variant in self.config.variants:
             convert_key, converted = self.convert(variant)
-            convert_keys[variant] = convert_key
             validation = self.validate(variant, convert_key)
             if variant_stage(variant)[1] == "float32":
                 try:
@@ -216,7 +208,7 @@ class ModelRun:
         if failures:
             raise ValidationFailed("validation failed: " + " ".join(failures))
         for row in rows:
-            row["benchmarks"] = self.benchmark(row["name"], convert_keys[row["name"]])
+            row["benchmarks"] = self.benchmark(row["name"])
         return rows
 
     def summary(self) -> dict:
@@ -253,6 +245,7 @@ def run_pipeline(config: RunConfig, datasets: dict[str, Dataset] | None = None,
     if unknown:
         raise UserError(f"no model named {unknown[0]!r} in the config; models are "
                         f"{', '.join(m.name for m in config.models)}.")
+    check_targets(config.benchmark.targets)
     output_dir = Path(config.output_dir)
     stages = StageRunner(output_dir)
     model_entries, variant_rows = [], []

@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import UserError
+from tflite.inspect import inspect_model
+from tflite.litert_runtime import LiteRtRunner
 from tflite.runtime import TfliteRunner
 
 
@@ -27,12 +29,21 @@ def compare(tflite_outputs: np.ndarray, keras_outputs: np.ndarray, labels: np.nd
 
 def validate_variant(tflite_path: Path, keras_outputs: np.ndarray, x_test: np.ndarray,
                      y_test: np.ndarray) -> dict:
-    """Run the .tflite over the held-out set and compare it with the Keras outputs."""
-    outputs = TfliteRunner(tflite_path).predict(x_test)
+    """Run the .tflite over the held-out set with edgepipe's runtime (the one that
+    registers our custom ops) and compare it with the Keras outputs.
+
+    A model without custom ops also runs on the ai_edge_litert Interpreter as a
+    cross-check of the runtime itself: `interpreter_max_abs_diff`.
+    """
+    outputs = LiteRtRunner(tflite_path).predict(x_test)
     if outputs.shape != keras_outputs.shape:
         raise ValidationFailed(f"{tflite_path.name}: TFLite output shape {outputs.shape} differs "
                                f"from the Keras output shape {keras_outputs.shape}.")
-    return compare(outputs, keras_outputs, y_test)
+    result = compare(outputs, keras_outputs, y_test)
+    if not inspect_model(tflite_path).custom_ops:
+        reference = TfliteRunner(tflite_path).predict(x_test)
+        result["interpreter_max_abs_diff"] = float(np.max(np.abs(outputs - reference)))
+    return result
 
 
 def check_float32(model: str, variant: str, result: dict, tolerance: float) -> None:

@@ -55,7 +55,7 @@ def test_inspect_and_bench_a_real_model(tmp_path, tiny_tflite_bytes):
     bench = edgepipe("bench", "--model", str(model), "--threads", "1,2", "--num_runs", "5",
                      "--json_output", str(out))
     assert bench.returncode == 0, bench.stderr[-2000:]
-    assert "| host | tiny |" in bench.stdout
+    assert "| host |" in bench.stdout and "| tiny | tiny.tflite | 2 |" in bench.stdout
     rows = json.loads(out.read_text())["benchmarks"]
     assert [r["threads"] for r in rows] == [1, 2] and all(r["mean_ms"] > 0 for r in rows)
 

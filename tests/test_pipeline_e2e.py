@@ -69,7 +69,7 @@ def test_float32_matches_keras_and_pruning_is_measured(run_dir):
 
 def test_report_and_plots(run_dir):
     report = (run_dir / "report.md").read_text()
-    assert "| cnn | pqat_int8 |" in report and "| host | rnn | float32 | 2 |" in report
+    assert "| cnn | pqat_int8 |" in report and "| rnn | float32 | 2 |" in report
     for plot in ("accuracy_vs_size.png", "accuracy_vs_latency.png"):
         assert (run_dir / "plots" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((run_dir / "cnn" / "logs" / "pruned").rglob("events.out.tfevents.*"))
@@ -77,6 +77,8 @@ def test_report_and_plots(run_dir):
 
 def test_second_run_reuses_every_stage(run_dir):
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.tflite")}
+    journals = {p: p.read_text() for p in run_dir.rglob("benchmarks/*.jsonl")}
+    assert len(journals) == 8
     first = json.loads((run_dir / "results.json").read_text())
     result = edgepipe("run", "--config", str(TINY), "--output_dir", str(run_dir))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -84,4 +86,5 @@ def test_second_run_reuses_every_stage(run_dir):
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.tflite")} == before
     second = json.loads((run_dir / "results.json").read_text())
     assert second["variants"] == first["variants"]
-    assert set(second["stage_seconds"]) <= {"data"}
+    assert set(second["stage_seconds"]) <= {"data", "benchmark"}
+    assert {p: p.read_text() for p in run_dir.rglob("benchmarks/*.jsonl")} == journals

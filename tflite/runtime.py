@@ -121,27 +121,6 @@ class TfliteRunner:
         return UserError(f"LiteRT cannot run {self._label}: {first_line}; convert the model again")
 
 
-def measure_host(model_path: str | os.PathLike, num_threads: int, warmup_runs: int,
-                 num_runs: int, min_secs: float) -> dict[str, Any]:
-    """Raw host timings in milliseconds: init, first inference, then each timed run.
-
-    Runs at least `num_runs` times and keeps going until `min_secs` have passed,
-    after `warmup_runs` untimed inferences. Statistics are the caller's job.
-    """
-    start = time.perf_counter()
-    runner = TfliteRunner(model_path, num_threads=num_threads)
-    init_ms = (time.perf_counter() - start) * 1e3
-    runner.set_example_input()
-    first_ms = runner.invoke_timed() * 1e3
-    for _ in range(warmup_runs):
-        runner.invoke_timed()
-    runs_ms: list[float] = []
-    began = time.perf_counter()
-    while len(runs_ms) < num_runs or time.perf_counter() - began < min_secs:
-        runs_ms.append(runner.invoke_timed() * 1e3)
-    return {"init_ms": init_ms, "first_ms": first_ms, "runs_ms": runs_ms}
-
-
 def _load(model: str | os.PathLike | bytes) -> bytes:
     """The model's bytes, refusing anything without the TFLite file identifier."""
     if isinstance(model, (bytes, bytearray)):

@@ -1,0 +1,197 @@
+"""The native benchmark runner (`litert_bench`) as host and device targets see it:
+where the binary and its libraries are, how settings become its flags, and how its
+JSON (schema in RUNNER.md) becomes one benchmark record of results.json.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import tempfile
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+from core.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+NATIVE_DIR = REPO_ROOT / ".native"
+RUNNER_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How the runner measures; part of a measurement's identity when resuming."""
+
+    warmup_runs: int = 10
+    num_runs: int = 100
+    min_secs: float = 0.0
+    affinity: str | None = None  # taskset CPU mask in hex, e.g. "f0" for cores 4-7
+    extra_args: tuple[str, ...] = ()  # more runner flags, e.g. ("--max_secs=30",)
+
+
+class ResultStore:
+    """Finished measurements as JSON Lines, one fsync'd line each.
+
+    Appending, not core.atomic's whole-file rename, so a crash or a pulled cable
+    loses at most the measurement in flight; a later run skips what is here.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+
+    def load(self) -> list[dict]:
+        """Every complete line; a line torn by a crash mid-write is skipped."""
+        if not self.path.exists():
+            return []
+        records = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
+
+    def finished(self) -> dict[tuple, dict]:
+        """Stored measurements by identity."""
+        return {measurement_identity(r): r for r in self.load() if "model_sha256" in r}
+
+    def append(self, record: dict) -> None:
+        line = json.dumps(record, sort_keys=True) + "\n"
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def measurement_base(model: Path, runner: Path, settings: RunSettings) -> dict:
+    """The fields every measurement record of this model, runner and settings shares."""
+    return {"model": model.name, "model_sha256": sha256_file(model),
+            "runner_sha256": sha256_file(runner),
+            "settings": {**asdict(settings), "extra_args": list(settings.extra_args)}}
+
+
+def measurement_identity(record: dict) -> tuple:
+    """What makes two measurements the same one (for skipping finished work)."""
+    return (record["target"], record["model_sha256"], record["runner_sha256"], record["threads"],
+            json.dumps(record["settings"], sort_keys=True))
+
+
+def runner_binary() -> Path:
+    path = NATIVE_DIR / "litert_bench"
+    if not path.is_file():
+        raise UserError(f"the native runner is not built: {path} is missing; run "
+                        "scripts/setup.sh (or `make setup`), which builds "
+                        "//android_bench:litert_bench and copies it there.")
+    return path
+
+
+def litert_library() -> Path:
+    """The wheel's libLiteRt.so, which the host runner links and devices receive."""
+    import ai_edge_litert
+
+    path = Path(ai_edge_litert.__file__).parent / "libLiteRt.so"
+    if not path.is_file():
+        raise UserError(f"{path} is missing: reinstall ai-edge-litert with scripts/setup.sh.")
+    return path
+
+
+def runner_command(runner: str, model: str, threads: int, settings: RunSettings,
+                   json_output: str) -> list[str]:
+    """argv of one measurement, behind `taskset MASK` when an affinity is set."""
+    argv = [runner, f"--graph={model}", f"--num_threads={threads}",
+            f"--warmup_runs={settings.warmup_runs}", f"--num_runs={settings.num_runs}",
+            f"--min_secs={settings.min_secs}", "--report_peak_memory_footprint=true",
+            f"--json_output={json_output}", *settings.extra_args]
+    return ["taskset", settings.affinity, *argv] if settings.affinity else argv
+
+
+def parse_runner_json(text: str, where: str) -> dict:
+    """The runner's document, checked for the schema this code understands."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{where}: the runner's output is not JSON ({e}).") from None
+    if not isinstance(document, dict) or document.get("schema_version") != RUNNER_SCHEMA_VERSION:
+        raise UserError(f"{where}: the runner wrote schema_version "
+                        f"{document.get('schema_version') if isinstance(document, dict) else '?'}"
+                        f", expected {RUNNER_SCHEMA_VERSION}; rebuild it with scripts/setup.sh.")
+    return document
+
+
+def run_on_host(runner: Path, model: Path, threads: int, settings: RunSettings,
+                timeout_s: float = 900) -> dict:
+    """Run the runner on this machine and return its JSON document."""
+    with tempfile.TemporaryDirectory(prefix="edgepipe-bench-") as folder:
+        output = Path(folder) / "result.json"
+        command = runner_command(str(runner), str(model), threads, settings, str(output))
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise UserError(f"host benchmark of {model} did not finish within {timeout_s:.0f} s "
+                            f"({shlex.join(command)}).") from None
+        if result.returncode != 0:
+            message = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
+            raise UserError(f"host benchmark of {model} failed (exit {result.returncode}): "
+                            f"{message}")
+        return parse_runner_json(output.read_text(), f"host benchmark of {model}")
+
+
+def benchmark_on_host(model: str | os.PathLike, *, results_path: str | os.PathLike,
+                      threads: Sequence[int] = (1,), settings: RunSettings = RunSettings()
+                      ) -> list[dict]:
+    """Measure `model` on this machine per thread count, in the harness's record
+    format ({target: "host", device, threads, runner, model, ...}), resuming from
+    and appending to `results_path` like the device harness."""
+    model, runner = Path(model), runner_binary()
+    if not model.is_file():
+        raise UserError(f"{model} does not exist.")
+    store = ResultStore(results_path)
+    base = {**measurement_base(model, runner, settings), "target": "host"}
+    done = store.finished()
+    records = []
+    for count in threads:
+        record = done.get(measurement_identity({**base, "threads": count}))
+        if record is None:
+            document = run_on_host(runner, model, count, settings)
+            record = {**base, "device": document["device"], "threads": count, "runner": document}
+            store.append(record)
+        records.append(record)
+    return records
+
+
+def to_benchmark_record(measurement: dict) -> dict:
+    """One results.json benchmark entry (milliseconds) from a harness-format record."""
+    document = measurement["runner"]
+    steady = document["steady_state"]
+    memory = document.get("memory") or {}
+
+    def ms(value: float | None) -> float | None:
+        return None if value is None else value / 1000.0
+
+    return {
+        "target": measurement["target"], "threads": measurement["threads"],
+        "runs": steady["count"],
+        "init_ms": ms(document["init"]["total_us"]),
+        "first_ms": ms(document["first_inference_us"]),
+        "warmup_mean_ms": ms(document["warmup"]["mean_us"]),
+        **{f"{name}_ms": ms(steady[f"{name}_us"])
+           for name in ("mean", "std", "min", "max", "p5", "p50", "p90", "p95", "p99")},
+        "init_footprint_kib": memory.get("init_footprint_kib"),
+        "peak_rss_kib": memory.get("peak_rss_kib"),
+        "device": measurement["device"],
+    }
