@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import UserError
-from tflite.runtime import _load, _to_float, _to_model_input
+from tflite.runtime import _load, example_input, predict_batched
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_LIBRARY = REPO_ROOT / ".native" / "libedgepipe_runtime.so"
@@ -154,26 +154,13 @@ class LiteRtRunner:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Run every sample of `x` (any count) and return float outputs."""
-        x = np.asarray(x)
-        (inp, in_array), (out, out_array) = self.inputs[0], self.outputs[0]
-        sample_shape = tuple(int(d) for d in inp["shape"][1:])
-        if tuple(x.shape[1:]) != sample_shape:
-            raise UserError(f"input shape {x.shape} does not fit {self._label}, which expects "
-                            f"(samples, {', '.join(map(str, sample_shape))})")
-        batch = self.batch_size
-        results = []
-        for start in range(0, len(x), batch):
-            chunk = x[start:start + batch]
-            count = len(chunk)
-            if count < batch:  # pad the last chunk; the padded rows are dropped below
-                padding = np.zeros((batch - count, *sample_shape), dtype=chunk.dtype)
-                chunk = np.concatenate([chunk, padding])
-            in_array[...] = _to_model_input(chunk, inp)
-            self._invoke()
-            results.append(_to_float(out_array.copy(), out)[:count])
-        if not results:
-            return np.zeros((0, *out["shape"][1:]), dtype=np.float32)
-        return np.concatenate(results)
+        return predict_batched(x, self.inputs[0][0], self.outputs[0][0], self.batch_size,
+                               self._label, self._run_batch)
+
+    def _run_batch(self, model_input: np.ndarray) -> np.ndarray:
+        self.inputs[0][1][...] = model_input
+        self._invoke()
+        return self.outputs[0][1].copy()
 
     def set_input(self, value: np.ndarray) -> None:
         """Copy a raw value (the model's own dtype and shape) into the input."""
@@ -190,14 +177,8 @@ class LiteRtRunner:
 
     def set_example_input(self, seed: int = 0) -> None:
         """Fill the input with random values of its dtype, for benchmarking."""
-        detail, array = self.inputs[0]
-        rng = np.random.default_rng(seed)
-        if np.issubdtype(array.dtype, np.floating):
-            array[...] = rng.random(array.shape, dtype=np.float32)
-        elif array.dtype == np.bool_:
-            array[...] = False
-        else:
-            array[...] = rng.integers(0, 2, size=array.shape)
+        array = self.inputs[0][1]
+        array[...] = example_input(array.shape, array.dtype, seed)
 
     def invoke_timed(self) -> float:
         """Run one inference on the current input; return its wall time in seconds."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
@@ -27,8 +27,22 @@ class ModelRunner(Protocol):
     input_details: list[dict[str, Any]]
     output_details: list[dict[str, Any]]
 
-    def predict(self, x: np.ndarray) -> np.ndarray: ...
-    def set_example_input(self, seed: int = 0) -> None: ...
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Run every sample of `x` (any count) and return float outputs."""
+        return predict_batched(x, self.input_details[0], self.output_details[0],
+                               self.batch_size, self._label, self._run_batch)
+
+    def _run_batch(self, model_input: np.ndarray) -> np.ndarray:
+        self._interpreter.set_tensor(self.input_details[0]["index"], model_input)
+        self._invoke()
+        return self._interpreter.get_tensor(self.output_details[0]["index"])
+
+    def set_example_input(self, seed: int = 0) -> None:
+        """Fill the input with random values of its dtype, for benchmarking."""
+        inp = self.input_details[0]
+        value = example_input(tuple(inp["shape"]), np.dtype(inp["dtype"]), seed)
+        self._interpreter.set_tensor(inp["index"], value)
+
     def invoke_timed(self) -> float: ...
 
 
@@ -119,6 +133,43 @@ class TfliteRunner:
             )
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return UserError(f"LiteRT cannot run {self._label}: {first_line}; convert the model again")
+
+
+def predict_batched(x: np.ndarray, inp: dict[str, Any], out: dict[str, Any], batch: int,
+                    label: str, run_batch: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Feed `x` (any number of samples) through a fixed-batch model in chunks of
+    `batch`, padding the last chunk, with int8 inputs quantized and outputs
+    dequantized, so callers always get float outputs. `run_batch` runs one chunk
+    (already in the model's input type) and returns the raw output."""
+    x = np.asarray(x)
+    sample_shape = tuple(int(d) for d in inp["shape"][1:])
+    if tuple(x.shape[1:]) != sample_shape:
+        raise UserError(
+            f"input shape {x.shape} does not fit {label}, which expects "
+            f"(samples, {', '.join(map(str, sample_shape))})"
+        )
+    results = []
+    for start in range(0, len(x), batch):
+        chunk = x[start:start + batch]
+        count = len(chunk)
+        if count < batch:  # pad the last chunk; the padded rows are dropped below
+            padding = np.zeros((batch - count, *sample_shape), dtype=chunk.dtype)
+            chunk = np.concatenate([chunk, padding])
+        results.append(_to_float(run_batch(_to_model_input(chunk, inp)), out)[:count])
+    if not results:
+        return np.zeros((0, *out["shape"][1:]), dtype=np.float32)
+    return np.concatenate(results)
+
+
+def example_input(shape: tuple[int, ...], dtype: np.dtype, seed: int = 0) -> np.ndarray:
+    """Random values of the input's dtype for benchmarking; integer inputs get 0 or 1,
+    which stay valid as token indices too."""
+    rng = np.random.default_rng(seed)
+    if np.issubdtype(dtype, np.floating):
+        return rng.random(shape, dtype=np.float32).astype(dtype)
+    if dtype == np.bool_:
+        return np.zeros(shape, dtype)
+    return rng.integers(0, 2, size=shape).astype(dtype)
 
 
 def _load(model: str | os.PathLike | bytes) -> bytes:
