@@ -20,6 +20,9 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 
 QUANTIZATIONS = ("float32", "dynamic_range", "int8", "float16")
 PRUNING_SCHEDULES = ("polynomial_decay", "constant", "narang", "m_by_n")
+GRU_LOWERINGS = ("builtin", "sparse_gru")
+# Variants SparseGRU serves: float32 weights, or int8 weights with float activations.
+SPARSE_GRU_QUANTIZATIONS = ("float32", "dynamic_range")
 
 
 @dataclass
@@ -90,6 +93,9 @@ class ModelConfig:
     qat: QatConfig = field(default_factory=QatConfig)
     variants: list[str] = field(default_factory=lambda: ["float32", "int8"])
     representative_samples: int = 200
+    # "sparse_gru": every GRU layer converts to one SparseGRU custom op (tflite/ops/SPARSE_GRU.md)
+    # instead of the builtin WHILE loop.
+    gru_lowering: str = "builtin"
 
 
 @dataclass
@@ -170,6 +176,16 @@ def _check_model(model: ModelConfig) -> None:
                         "and train.batch_size >= 1.")
     if not model.variants:
         raise UserError(f"{where}: variants is empty; list at least one, e.g. [float32].")
+    if model.gru_lowering not in GRU_LOWERINGS:
+        raise UserError(f"{where}: gru_lowering must be one of {', '.join(GRU_LOWERINGS)}, "
+                        f"got {model.gru_lowering!r}.")
+    if model.gru_lowering == "sparse_gru":
+        for variant in model.variants:
+            if variant_stage(variant)[1] not in SPARSE_GRU_QUANTIZATIONS:
+                raise UserError(
+                    f"{where}: variant {variant!r} cannot use gru_lowering: sparse_gru, which "
+                    "keeps activations float and serves only float32 and dynamic_range variants "
+                    "(optionally pruned_). Drop the variant or set gru_lowering: builtin.")
     for variant in model.variants:
         _check_variant(model, variant)
 

@@ -34,6 +34,7 @@ from pipelines.train import accuracy, predict, set_seed
 from pipelines.validate import ValidationFailed, check_float32, validate_variant
 from tflite.convert import convert_model
 from tflite.inspect import inspect_model
+from tflite.ops.sparse_gru_lowering import convert_with_sparse_gru
 
 CONVERTER_QUANTIZATION = {"float32": "none", "dynamic_range": "dynamic_range",
                           "int8": "int8", "float16": "float16"}
@@ -150,13 +151,20 @@ class ModelRun:
         phase, quantization = variant_stage(variant)
         path = self.folder / "tflite" / f"{variant}.tflite"
         samples = self.config.representative_samples
-        key = stage_key("convert", self.keys[phase], variant, samples, tf.__version__)
+        lowering = self.config.gru_lowering
+        key = stage_key("convert", self.keys[phase], variant, samples, tf.__version__, lowering)
 
         def compute() -> dict:
             model = self.keras_model(phase)
-            flatbuffer = convert_model(model, CONVERTER_QUANTIZATION[quantization],
-                                       representative_data=self.data.x_train[:samples],
-                                       sparse=phase in ("pruned", "pqat"))
+            if lowering == "sparse_gru":
+                # dynamic_range: GRU weights int8 per row, the rest dynamic-range quantized.
+                flatbuffer = convert_with_sparse_gru(
+                    model, precision="int8" if quantization == "dynamic_range" else "float32",
+                    quantization_of_rest=CONVERTER_QUANTIZATION[quantization])
+            else:
+                flatbuffer = convert_model(model, CONVERTER_QUANTIZATION[quantization],
+                                           representative_data=self.data.x_train[:samples],
+                                           sparse=phase in ("pruned", "pqat"))
             atomic.write_bytes(path, flatbuffer)
             weights = pruning.layer_sparsity(model)
             return {"path": str(path.relative_to(self.run.output_dir)),

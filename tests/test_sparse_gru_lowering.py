@@ -256,3 +256,42 @@ def test_parity_with_keras(precision, last_returns_sequences, reset_after, spars
         exact = _dequantized_copy(model, data).predict(x, verbose=0)
         assert np.max(np.abs(got - exact)) <= 1e-2
         assert np.max(np.abs(got - expected)) <= INT8_OUTPUT_BOUND
+
+
+# -- the pipeline with gru_lowering: sparse_gru ----------------------------------------------
+
+def _pipeline_config(tmp_path, variants):
+    from pipelines.config import parse_config
+
+    return parse_config({"output_dir": str(tmp_path), "models": [
+        {"name": "rnn", "builder": "gru_classifier", "options": {"units": [16, 8]},
+         "data": {"source": "digits", "kind": "sequence"}, "train": {"epochs": 1},
+         "pruning": {"schedule": "narang", "target_sparsity": 0.7, "layers": ["gru_.*"],
+                     "epochs": 1, "frequency": 5},
+         "gru_lowering": "sparse_gru", "variants": variants}],
+        "benchmark": {"num_runs": 2, "warmup_runs": 0}})
+
+
+@pytest.mark.parametrize("variant", ["int8", "pruned_float16", "qat_int8"])
+def test_pipeline_refuses_variants_sparse_gru_cannot_serve(tmp_path, variant):
+    with pytest.raises(UserError, match=f"variant '{variant}' cannot use gru_lowering: sparse_gru"):
+        _pipeline_config(tmp_path, [variant])
+
+
+def test_pipeline_converts_validates_and_benchmarks_sparse_gru_variants(tmp_path):
+    from pipelines.run import run_pipeline
+
+    _runner(convert_with_sparse_gru(_stacked(True, False)))  # skips without the kernel
+    variants = ["float32", "dynamic_range", "pruned_float32", "pruned_dynamic_range"]
+    results = run_pipeline(_pipeline_config(tmp_path, variants))
+    rows = {row["name"]: row for row in results["variants"]}
+    assert sorted(rows) == sorted(variants)
+    for name, row in rows.items():
+        info = inspect_model(tmp_path / row["path"])
+        assert info.op_counts["CUSTOM:SparseGRU"] == 2 and info.subgraph_count == 1
+        precisions = {op["options"]["precision"] for op in
+                      _sparse_gru_ops((tmp_path / row["path"]).read_bytes())}
+        assert precisions == {"int8" if name.endswith("dynamic_range") else "float32"}
+        assert row["benchmarks"] and row["top1_agreement"] >= 0.95
+    assert rows["float32"]["max_abs_error"] <= 1e-5
+    assert rows["pruned_float32"]["file_bytes"] < rows["float32"]["file_bytes"]
