@@ -7,6 +7,8 @@
 #include <cerrno>
 #include <utility>
 
+#include "tflite/ops/sparse_gru_kernel.h"
+
 namespace edgepipe {
 namespace runtime {
 namespace {
@@ -63,7 +65,9 @@ bool ReadTensorType(LiteRtTensor tensor, OpInput* out) {
 
 }  // namespace
 
-std::vector<CustomOpKernel*> ProjectKernels() { return {}; }
+std::vector<CustomOpKernel*> ProjectKernels() {
+  return {ops::SparseGruKernelInstance()};
+}
 
 std::size_t ElementSize(LiteRtElementType type) {
   switch (type) {

@@ -61,7 +61,7 @@ class CustomOpKernel {
   virtual std::string TakeRunError() = 0;
 };
 
-// The kernels edgepipe ships (none yet: the SparseGRU kernel comes later).
+// The kernels edgepipe ships: SparseGRU (tflite/ops/).
 std::vector<CustomOpKernel*> ProjectKernels();
 
 enum class Accelerator { kCpu, kGpu };

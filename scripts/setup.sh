@@ -18,7 +18,9 @@ PYTHON="${PYTHON:-python3}"
 # python3-venv/python3-dev: venv creation and headers for the system Python.
 # bazel-bootstrap (+ its JDK): the offline Bazel 4 build; bazel-rules-java and
 # bazel-rules-proto are the local copies of rules Bazel would otherwise download
-# (see WORKSPACE); zip/unzip are used by Bazel for runfiles and test outputs.
+# (see WORKSPACE); zip/unzip are used by Bazel for runfiles and test outputs;
+# clang and libclang-rt-14-dev (libFuzzer, sanitizers) build the kernels' fuzz
+# targets.
 DEBIAN_PACKAGES=(
     build-essential
     python3-venv
@@ -30,6 +32,8 @@ DEBIAN_PACKAGES=(
     default-jdk-headless
     zip
     unzip
+    clang
+    libclang-rt-14-dev
 )
 
 log() { printf 'setup: %s\n' "$*"; }
@@ -102,7 +106,7 @@ install_if_changed "edgepipe (editable)" "$REPO_ROOT/pyproject.toml" "$VENV/.pyp
     --no-deps -e "$REPO_ROOT"
 # The native LiteRT runtime (for tflite/litert_runtime.py) and the benchmark
 # runner, built with Bazel and copied to <repo>/.native/ where Python looks.
-# Skipped when none of their sources, the Bazel set-up or the wheel's
+# Skipped when none of their sources (the runner's and the kernels'), the Bazel set-up or the wheel's
 # libLiteRt.so changed since the last build.
 NATIVE_DIR="$REPO_ROOT/.native"
 NATIVE_TARGETS=(//android_bench:libedgepipe_runtime.so //android_bench:litert_bench)
@@ -110,7 +114,7 @@ NATIVE_OUTPUTS=(libedgepipe_runtime.so litert_bench)
 build_native() {
     local stamp="$NATIVE_DIR/.sources.sha256" hash output missing=0
     hash="$(cd "$REPO_ROOT" && cat WORKSPACE .bazelrc android_bench/BUILD android_bench/*.cc \
-        android_bench/*.h third_party/litert/* \
+        android_bench/*.h tflite/ops/BUILD tflite/ops/*.cc tflite/ops/*.h third_party/litert/* \
         "$VENV"/lib/python3*/site-packages/ai_edge_litert/libLiteRt.so 2>/dev/null | sha256sum | cut -d' ' -f1)"
     for output in "${NATIVE_OUTPUTS[@]}"; do
         [ -f "$NATIVE_DIR/$output" ] || missing=1

@@ -1,0 +1,354 @@
+"""The SparseGRU kernel through LiteRT (edgepipe's runtime), on models written here.
+
+Each model is one SparseGRU op written straight to a flatbuffer from the contract
+(tflite/ops/SPARSE_GRU.md), independent of the lowering, and its output is compared
+with the NumPy reference (tflite/ops/sparse_gru_reference.py) and with a tf_keras
+GRU holding the same weights.
+"""
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ai_edge_litert import schema_py_generated as schema
+from flatbuffers import flexbuffers
+
+from core.errors import UserError
+from core.keras_env import keras
+from tflite.litert_runtime import LiteRtRunner, align_constant_buffers
+from tflite.ops.sparse_gru_reference import StoredMatrix, dequantize, sparse_gru
+
+FLOAT_TOLERANCE = 1e-5       # kernel vs Keras on the same (dequantized) weights
+# int8 per-row symmetric rounding moves each weight by at most scale/2 =
+# max|row| / 254. A pre-activation a = sum_j w_j v_j then moves by at most
+# sum_j |v_j| * max|row| / 254 <= n * max|v| * max|w| / 254, with |v| <= 1 for
+# the state and the inputs drawn in [-1, 1), weights in [-0.5, 0.5): for the
+# widest row here (n = 24) that is 24 * 0.5 / 254 ~ 0.047 per gate input.
+# σ' <= 1/4, tanh' <= 1, and h' is a convex mix of h and n, so one step moves h
+# by at most ~0.047 * (1/4 + 1 + 1/4) plus the carried error, which the
+# convex mix (z <= 1) does not grow. The bound is reached only by adversarial
+# sign patterns; random rounding errors cancel (observed ~1e-3), so the test
+# uses the per-gate worst case 0.047 over a few steps: 0.1.
+INT8_TOLERANCE = 0.1
+INT8_SELF_TOLERANCE = 1e-5   # kernel vs the reference on the same dequantized weights
+
+
+def to_csr(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rows = [np.flatnonzero(row) for row in dense]
+    cols = np.concatenate(rows).astype(np.uint16) if rows else np.zeros(0, np.uint16)
+    row_ptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int32)
+    values = np.concatenate([dense[i, r] for i, r in enumerate(rows)])
+    return values, cols, row_ptr
+
+
+def store(dense: np.ndarray, precision: str, fmt: str) -> StoredMatrix:
+    """W or R ([3U, cols], float32) as the op stores it."""
+    scales = None
+    values = dense
+    if precision == "int8":
+        scales = np.abs(dense).max(axis=1) / 127.0
+        scales = np.where(scales > 0, scales, 1.0).astype(np.float32)
+        values = np.clip(np.round(dense / scales[:, None]), -127, 127).astype(np.int8)
+    if fmt == "dense":
+        return StoredMatrix(values=values, scales=scales)
+    csr_values, cols, row_ptr = to_csr(values)
+    return StoredMatrix(values=csr_values.astype(values.dtype), col_indices=cols,
+                        row_ptr=row_ptr, scales=scales)
+
+
+def options_bytes(**options) -> bytes:
+    return bytes(flexbuffers.Dumps(options))
+
+
+def build_model(x_shape: tuple[int, int, int], w: StoredMatrix, r: StoredMatrix,
+                bias: np.ndarray, options: bytes | dict, out_shape: tuple[int, ...],
+                extra_inputs: int = 0, drop_input: int | None = None,
+                non_constant: str = "") -> bytes:
+    """One SparseGRU op over a float32 input; constants 64-byte aligned (the
+    array named `non_constant` is written without data)."""
+    model = schema.ModelT()
+    model.version = 3
+    model.description = "SparseGRU kernel test"
+    code = schema.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
+    code.customCode = "SparseGRU"
+    code.version = 1
+    model.operatorCodes = [code]
+    model.buffers = [schema.BufferT()]
+    tensors = []
+
+    def add(name: str, shape, tensor_type: int, data: np.ndarray | None = None) -> int:
+        tensor = schema.TensorT()
+        tensor.name, tensor.shape, tensor.type = name, list(shape), tensor_type
+        tensor.buffer = 0
+        if data is not None:
+            buffer = schema.BufferT()
+            buffer.data = list(np.ascontiguousarray(data).tobytes())
+            model.buffers.append(buffer)
+            tensor.buffer = len(model.buffers) - 1
+        tensors.append(tensor)
+        return len(tensors) - 1
+
+    types = {np.dtype(np.float32): schema.TensorType.FLOAT32,
+             np.dtype(np.int8): schema.TensorType.INT8,
+             np.dtype(np.uint16): schema.TensorType.UINT16,
+             np.dtype(np.int32): schema.TensorType.INT32}
+
+    def const(name: str, array: np.ndarray | None) -> int:
+        if array is None:
+            return -1
+        return add(name, array.shape, types[array.dtype],
+                   None if name == non_constant else array)
+
+    x = add("x", x_shape, schema.TensorType.FLOAT32)
+    inputs = [x]
+    for prefix, m in (("w", w), ("r", r)):
+        inputs += [const(f"{prefix}_values", m.values),
+                   const(f"{prefix}_col_indices", m.col_indices),
+                   const(f"{prefix}_row_ptr", m.row_ptr),
+                   const(f"{prefix}_scales", m.scales)]
+    inputs.append(const("bias", bias))
+    inputs += [const(f"extra{i}", np.zeros(1, np.float32)) for i in range(extra_inputs)]
+    if drop_input is not None:
+        del inputs[drop_input]
+    y = add("y", out_shape, schema.TensorType.FLOAT32)
+    op = schema.OperatorT()
+    op.opcodeIndex, op.inputs, op.outputs = 0, inputs, [y]
+    op.customOptions = list(options if isinstance(options, bytes) else options_bytes(**options))
+    op.customOptionsFormat = schema.CustomOptionsFormat.FLEXBUFFERS
+    graph = schema.SubGraphT()
+    graph.tensors, graph.inputs, graph.outputs, graph.operators = tensors, [x], [y], [op]
+    graph.name = "main"
+    model.subgraphs = [graph]
+    signature = schema.SignatureDefT()
+    signature.signatureKey, signature.subgraphIndex = "serving_default", 0
+    signature.inputs = [schema.TensorMapT()]
+    signature.inputs[0].name, signature.inputs[0].tensorIndex = "x", x
+    signature.outputs = [schema.TensorMapT()]
+    signature.outputs[0].name, signature.outputs[0].tensorIndex = "y", y
+    model.signatureDefs = [signature]
+    import flatbuffers
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return align_constant_buffers(bytes(builder.Output()))
+
+
+class Case:
+    """Random GRU weights pruned to `sparsity`, stored per the options."""
+
+    def __init__(self, *, units=8, features=6, steps=5, batch=2, sparsity=0.8,
+                 reset_after=True, return_sequences=True, precision="float32",
+                 fmt="csr", seed=0):
+        rng = np.random.default_rng(seed)
+        self.units, self.features, self.steps, self.batch = units, features, steps, batch
+        self.reset_after, self.return_sequences = reset_after, return_sequences
+        self.options = dict(version=1, units=units, input_size=features,
+                            reset_after=reset_after, return_sequences=return_sequences,
+                            precision=precision, format=fmt)
+
+        def pruned(shape):
+            m = rng.uniform(-0.5, 0.5, shape).astype(np.float32)
+            m[rng.random(shape) < sparsity] = 0
+            return m
+
+        self.w_dense = pruned((3 * units, features))
+        self.r_dense = pruned((3 * units, units))
+        self.bias = rng.uniform(-0.5, 0.5, (2, 3 * units) if reset_after else (3 * units,)
+                                ).astype(np.float32)
+        self.w = store(self.w_dense, precision, fmt)
+        self.r = store(self.r_dense, precision, fmt)
+        self.x = rng.uniform(-1, 1, (batch, steps, features)).astype(np.float32)
+
+    @property
+    def out_shape(self):
+        return ((self.batch, self.steps, self.units) if self.return_sequences
+                else (self.batch, self.units))
+
+    def model(self, **kwargs) -> bytes:
+        return build_model(self.x.shape, self.w, self.r, self.bias,
+                           kwargs.pop("options", self.options), self.out_shape, **kwargs)
+
+    def run(self) -> np.ndarray:
+        runner = LiteRtRunner(self.model())
+        runner.set_input(self.x)
+        runner._invoke()
+        return runner.output()
+
+    def reference(self) -> np.ndarray:
+        return sparse_gru(self.x, self.w, self.r, self.bias, units=self.units,
+                          reset_after=self.reset_after,
+                          return_sequences=self.return_sequences)
+
+    def keras(self, w_dense: np.ndarray, r_dense: np.ndarray) -> np.ndarray:
+        layer = keras.layers.GRU(self.units, reset_after=self.reset_after,
+                                 return_sequences=self.return_sequences)
+        layer.build((None, self.steps, self.features))
+        layer.set_weights([w_dense.T, r_dense.T, self.bias])
+        return layer(self.x).numpy()
+
+
+OPTION_GRID = [(reset_after, sequences)
+               for reset_after in (True, False)
+               for sequences in (True, False)]
+
+
+# Only CSR int8 has all ten inputs; the other precision/format pairs need
+# absent (-1) inputs, which LiteRT 2.3.0 cannot run (see
+# test_absent_inputs_are_refused_not_crashed). Their math is checked on
+# in-memory arrays by //tflite/ops:sparse_gru_kernel_test.
+@pytest.mark.parametrize("reset_after,return_sequences", OPTION_GRID)
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9])
+def test_int8_csr_matches_reference_and_keras(reset_after, return_sequences, sparsity):
+    case = Case(reset_after=reset_after, return_sequences=return_sequences, fmt="csr",
+                sparsity=sparsity, precision="int8", units=16, features=8,
+                seed=int(sparsity * 10))
+    got = case.run()
+    assert got.shape == case.out_shape
+    np.testing.assert_allclose(got, case.reference(), atol=INT8_SELF_TOLERANCE, rtol=0)
+    # Keras with the dequantized weights is the same float32 math; with the
+    # original weights it differs by the quantization error only.
+    w = dequantize(case.w, 3 * case.units, case.features)
+    r = dequantize(case.r, 3 * case.units, case.units)
+    np.testing.assert_allclose(got, case.keras(w, r), atol=FLOAT_TOLERANCE, rtol=0)
+    assert np.abs(got - case.keras(case.w_dense, case.r_dense)).max() <= INT8_TOLERANCE
+
+
+@pytest.mark.parametrize("precision,fmt,present", [("float32", "csr", 8),
+                                                   ("int8", "dense", 6),
+                                                   ("float32", "dense", 4)])
+def test_absent_inputs_are_refused_not_crashed(precision, fmt, present):
+    """The contract's -1 inputs: LiteRT shows the op without them and segfaults
+    running it, so the pre-flight check must refuse the model."""
+    case = Case(precision=precision, fmt=fmt)
+    message = refused(case.model())
+    assert f"expects 10 inputs, got {present}" in message
+    assert "index -1" in message
+
+
+def test_fully_pruned_rows_and_long_sequence():
+    case = Case(units=32, features=24, steps=40, batch=1, sparsity=0.97, seed=5,
+                precision="int8")
+    case.w_dense[:10] = 0  # whole rows empty
+    case.w = store(case.w_dense, "int8", "csr")
+    np.testing.assert_allclose(case.run(), case.reference(), atol=INT8_SELF_TOLERANCE, rtol=0)
+
+
+def test_runs_again_with_new_input():
+    case = Case(seed=9, precision="int8")
+    runner = LiteRtRunner(case.model())
+    for seed in range(3):
+        case.x = np.random.default_rng(seed).uniform(-1, 1, case.x.shape).astype(np.float32)
+        runner.set_input(case.x)
+        runner._invoke()
+        np.testing.assert_allclose(runner.output(), case.reference(),
+                                   atol=INT8_SELF_TOLERANCE, rtol=0)
+
+
+def refused(model: bytes) -> str:
+    with pytest.raises(UserError) as error:
+        LiteRtRunner(model)
+    return str(error.value)
+
+
+def test_malformed_options_are_refused_before_running():
+    case = Case(precision="int8")
+    bad = dict(case.options, units=9)
+    assert "input 3 (w_row_ptr) has shape [25], expected rank 1 [28]" in refused(case.model(options=bad))
+    assert "'format' is missing" in refused(
+        case.model(options={k: v for k, v in case.options.items() if k != "format"}))
+    assert "unknown custom option 'activation'" in refused(
+        case.model(options=dict(case.options, activation="relu")))
+    assert "'precision' is 'float16'" in refused(
+        case.model(options=dict(case.options, precision="float16")))
+    assert "'reset_after' must be a bool, got int" in refused(
+        case.model(options=dict(case.options, reset_after=1)))
+    assert "not a valid flexbuffer map" in refused(case.model(options=b"\x01\x02\x03\x04"))
+    assert "custom options are missing" in refused(case.model(options=b""))
+
+
+def test_malformed_arrays_are_refused_before_running():
+    case = Case(sparsity=0.5, precision="int8")
+    row_ptr = case.w.row_ptr.copy()
+    case.w.row_ptr[3] = case.w.row_ptr[4] + 1
+    assert "w_row_ptr) decreases at row 3" in refused(case.model())
+    case.w.row_ptr = row_ptr
+    cols = case.w.col_indices.copy()
+    case.w.col_indices[0] = case.features
+    assert "w_col_indices): column 6 in row 0 is out of range" in refused(case.model())
+    case.w.col_indices = cols
+    case.r.scales[2] = np.inf
+    assert "r_scales): scale of row 2 is not finite" in refused(case.model())
+    case.r.scales[2] = 1.0
+    assert "expects 10 inputs, got 11" in refused(case.model(extra_inputs=1))
+    assert "expects 10 inputs, got 9" in refused(case.model(drop_input=9))
+
+
+def test_non_constant_weights_are_refused():
+    case = Case(precision="int8")
+    assert "input 1 (w_values) must be a constant tensor" in refused(
+        case.model(non_constant="w_values"))
+
+
+# ---- fuzzing (tflite/ops/fuzz/sparse_gru_fuzz.cc) ----------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+FUZZ_SECONDS = 30
+ELEMENT_TYPES = {np.dtype(np.float32): 1, np.dtype(np.int32): 2, np.dtype(np.int8): 9,
+                 np.dtype(np.uint16): 17}
+
+
+def fuzz_seed(case: Case) -> bytes:
+    """A valid op in the fuzz target's input layout (absent inputs kept as slots)."""
+    options = options_bytes(**case.options)
+    out = struct.pack("<H", len(options)) + options
+    arrays = [case.x]
+    for m in (case.w, case.r):
+        arrays += [m.values, m.col_indices, m.row_ptr, m.scales]
+    arrays.append(case.bias)
+    for array in arrays:
+        if array is None:
+            out += struct.pack("<BBBI", 2, 0, 0, 0)
+            continue
+        raw = np.ascontiguousarray(array).tobytes()
+        out += struct.pack("<BBB", 1, ELEMENT_TYPES[array.dtype], array.ndim)
+        out += struct.pack(f"<{array.ndim}i", *array.shape)
+        out += struct.pack("<I", len(raw)) + raw
+    return out + b"\x01"
+
+
+@pytest.mark.skipif(shutil.which("clang++") is None,
+                    reason="clang++ missing: scripts/setup.sh installs it")
+def test_fuzz_options_and_validation(tmp_path):
+    """libFuzzer with AddressSanitizer and UBSan for a bounded time: no finding."""
+    import ai_edge_litert
+    litert_dir = Path(ai_edge_litert.__file__).resolve().parent
+    binary = tmp_path / "sparse_gru_fuzz"
+    ops = REPO / "tflite" / "ops"
+    subprocess.run(
+        ["clang++", "-std=c++17", "-O1", "-g", "-Wall", "-Wextra", "-Werror",
+         "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=undefined",
+         f"-I{REPO}", str(ops / "fuzz" / "sparse_gru_fuzz.cc"),
+         str(ops / "sparse_gru_kernel.cc"), str(ops / "sparse_gru_options.cc"),
+         f"-L{litert_dir}", "-l:libLiteRt.so", f"-Wl,-rpath,{litert_dir}", "-o", str(binary)],
+        check=True, capture_output=True, timeout=300)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    seeds = [Case(units=3, features=4, steps=3, batch=2, precision=precision, fmt=fmt,
+                  reset_after=reset_after, return_sequences=reset_after, sparsity=0.5, seed=i)
+             for i, (precision, fmt, reset_after) in enumerate(
+                 (p, f, r) for p in ("float32", "int8") for f in ("csr", "dense")
+                 for r in (True, False))]
+    for i, case in enumerate(seeds):
+        (corpus / f"seed{i}").write_bytes(fuzz_seed(case))
+    result = subprocess.run(
+        [str(binary), f"-max_total_time={FUZZ_SECONDS}", "-max_len=4096", "-timeout=10",
+         "-print_final_stats=1", str(corpus)],
+        capture_output=True, text=True, timeout=FUZZ_SECONDS + 120)
+    log = result.stderr[-4000:]
+    assert result.returncode == 0, log
+    assert "ERROR:" not in result.stderr and "runtime error" not in result.stderr, log
+    assert "stat::number_of_executed_units" in result.stderr, log

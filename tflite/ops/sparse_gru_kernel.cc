@@ -1,0 +1,599 @@
+#include "tflite/ops/sparse_gru_kernel.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <utility>
+
+namespace edgepipe {
+namespace ops {
+namespace {
+
+enum Input : std::size_t {
+  kX = 0,
+  kWValues, kWCols, kWRowPtr, kWScales,
+  kRValues, kRCols, kRRowPtr, kRScales,
+  kBias,
+};
+
+const char* const kInputNames[kGruNumInputs] = {
+    "x", "w_values", "w_col_indices", "w_row_ptr", "w_scales",
+    "r_values", "r_col_indices", "r_row_ptr", "r_scales", "bias"};
+
+// Activations and scratch larger than this are not a GRU a device runs.
+constexpr int64_t kMaxElements = int64_t{1} << 28;
+
+std::string Label(std::size_t index) {
+  return "input " + std::to_string(index) + " (" + kInputNames[index] + ")";
+}
+
+std::string DimsText(const std::vector<int32_t>& dims) {
+  std::string text = "[";
+  for (std::size_t i = 0; i < dims.size(); ++i) {
+    text += (i ? ", " : "") + std::to_string(dims[i]);
+  }
+  return text + "]";
+}
+
+// Own tables rather than the runtime's, so the kernel links without it.
+std::size_t TypeSize(LiteRtElementType type) {
+  switch (type) {
+    case kLiteRtElementTypeFloat32:
+    case kLiteRtElementTypeInt32: return 4;
+    case kGruElementTypeUInt16: return 2;
+    case kLiteRtElementTypeInt8: return 1;
+    default: return 0;
+  }
+}
+
+const char* TypeName(LiteRtElementType type) {
+  switch (type) {
+    case kLiteRtElementTypeFloat32: return "float32";
+    case kLiteRtElementTypeInt32: return "int32";
+    case kGruElementTypeUInt16: return "uint16";
+    case kLiteRtElementTypeInt8: return "int8";
+    default: return "another type";
+  }
+}
+
+// Checks that input `index` exists with `type` and `dims` (-1: any size),
+// holds exactly its bytes, and has data where `mode` needs it: the weights
+// before running (constants), every input while running.
+std::string CheckArray(const std::vector<GruTensor>& inputs, std::size_t index,
+                       LiteRtElementType type, const std::vector<int64_t>& dims, GruCheck mode) {
+  const GruTensor& tensor = inputs[index];
+  if (!tensor.present) return Label(index) + " is missing";
+  if (tensor.type != type) {
+    return Label(index) + " must be " + TypeName(type) + ", got " + TypeName(tensor.type);
+  }
+  bool shape_ok = tensor.dims.size() == dims.size();
+  int64_t elements = 1;
+  for (std::size_t d = 0; shape_ok && d < dims.size(); ++d) {
+    if (tensor.dims[d] < 0 || (dims[d] >= 0 && tensor.dims[d] != dims[d])) shape_ok = false;
+    elements *= tensor.dims[d];
+    if (elements > kMaxElements) shape_ok = false;
+  }
+  if (!shape_ok) {
+    std::string wanted = "[";
+    for (std::size_t d = 0; d < dims.size(); ++d) {
+      wanted += (d ? ", " : "") + (dims[d] >= 0 ? std::to_string(dims[d]) : std::string("?"));
+    }
+    return Label(index) + " has shape " + DimsText(tensor.dims) + ", expected rank " +
+           std::to_string(dims.size()) + " " + wanted + "]";
+  }
+  const std::size_t bytes = static_cast<std::size_t>(elements) * TypeSize(type);
+  if (bytes > 0 && !tensor.data) {
+    if (mode == GruCheck::kRun) return Label(index) + " has no data";
+    if (mode == GruCheck::kPreflight && index != kX) {
+      return Label(index) + " must be a constant tensor";
+    }
+  }
+  if (tensor.data && tensor.size != bytes) {
+    return Label(index) + " holds " + std::to_string(tensor.size) + " bytes, its shape " +
+           DimsText(tensor.dims) + " needs " + std::to_string(bytes);
+  }
+  return "";
+}
+
+std::string CheckAbsent(const std::vector<GruTensor>& inputs, std::size_t index,
+                        const char* why) {
+  if (inputs[index].present) return Label(index) + " must be absent (index -1) " + why;
+  return "";
+}
+
+// Checks one of W / R (inputs first..first+3) and fills `*matrix`.
+std::string CheckMatrix(const SparseGruOptions& options, const std::vector<GruTensor>& inputs,
+                        std::size_t first, int64_t rows, int64_t cols, GruCheck mode,
+                        GruMatrix* matrix) {
+  const bool int8 = options.precision == GruPrecision::kInt8;
+  const LiteRtElementType value_type = int8 ? kLiteRtElementTypeInt8 : kLiteRtElementTypeFloat32;
+  const std::size_t values = first, col_indices = first + 1, row_ptr = first + 2,
+                    scales = first + 3;
+  std::string problem;
+  matrix->rows = rows;
+  matrix->cols = cols;
+  if (options.format == GruFormat::kDense) {
+    if (!(problem = CheckArray(inputs, values, value_type, {rows, cols}, mode)).empty() ||
+        !(problem = CheckAbsent(inputs, col_indices, "for format 'dense'")).empty() ||
+        !(problem = CheckAbsent(inputs, row_ptr, "for format 'dense'")).empty()) {
+      return problem;
+    }
+  } else {
+    if (!(problem = CheckArray(inputs, values, value_type, {-1}, mode)).empty()) {
+      return problem;
+    }
+    const int64_t nnz = inputs[values].dims[0];
+    if (!(problem = CheckArray(inputs, col_indices, kGruElementTypeUInt16, {nnz},
+                               mode)).empty() ||
+        !(problem = CheckArray(inputs, row_ptr, kLiteRtElementTypeInt32, {rows + 1},
+                               mode)).empty()) {
+      return problem;
+    }
+    const auto* ptr = static_cast<const int32_t*>(inputs[row_ptr].data);
+    const auto* cols_of = static_cast<const uint16_t*>(inputs[col_indices].data);
+    if (ptr) {
+      if (ptr[0] != 0) {
+        return Label(row_ptr) + ": row_ptr[0] is " + std::to_string(ptr[0]) + ", must be 0";
+      }
+      for (int64_t row = 0; row < rows; ++row) {
+        if (ptr[row + 1] < ptr[row]) {
+          return Label(row_ptr) + " decreases at row " + std::to_string(row) + " (" +
+                 std::to_string(ptr[row]) + " then " + std::to_string(ptr[row + 1]) + ")";
+        }
+        if (ptr[row + 1] > nnz) {
+          return Label(row_ptr) + ": row_ptr[" + std::to_string(row + 1) + "] = " +
+                 std::to_string(ptr[row + 1]) + " is past nnz " + std::to_string(nnz);
+        }
+      }
+      if (ptr[rows] != nnz) {
+        return Label(row_ptr) + ": last entry is " + std::to_string(ptr[rows]) +
+               ", must equal nnz " + std::to_string(nnz);
+      }
+      for (int64_t row = 0; cols_of && row < rows; ++row) {
+        for (int32_t k = ptr[row]; k < ptr[row + 1]; ++k) {
+          if (cols_of[k] >= cols) {
+            return Label(col_indices) + ": column " + std::to_string(cols_of[k]) + " in row " +
+                   std::to_string(row) + " is out of range (< " + std::to_string(cols) + ")";
+          }
+          if (k > ptr[row] && cols_of[k] <= cols_of[k - 1]) {
+            return Label(col_indices) + ": columns of row " + std::to_string(row) +
+                   " are not strictly increasing";
+          }
+        }
+      }
+    }
+    matrix->col_indices = cols_of;
+    matrix->row_ptr = ptr;
+  }
+  if (int8) {
+    if (!(problem = CheckArray(inputs, scales, kLiteRtElementTypeFloat32, {rows},
+                               mode)).empty()) {
+      return problem;
+    }
+    const auto* scale = static_cast<const float*>(inputs[scales].data);
+    for (int64_t row = 0; scale && row < rows; ++row) {
+      if (!std::isfinite(scale[row])) {
+        return Label(scales) + ": scale of row " + std::to_string(row) + " is not finite";
+      }
+    }
+    matrix->scales = scale;
+  } else if (!(problem = CheckAbsent(inputs, scales, "for precision 'float32'")).empty()) {
+    return problem;
+  }
+  matrix->values = inputs[values].data;
+  return "";
+}
+
+// Dot product of a dense row with x; independent partial sums let the
+// compiler vectorize without reassociating one long sum.
+template <typename T>
+float DenseDot(const T* row, const float* x, int64_t n) {
+  constexpr int kLanes = 8;
+  float partial[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int k = 0; k < kLanes; ++k) partial[k] += static_cast<float>(row[j + k]) * x[j + k];
+  }
+  float sum = 0;
+  for (; j < n; ++j) sum += static_cast<float>(row[j]) * x[j];
+  for (int k = 0; k < kLanes; ++k) sum += partial[k];
+  return sum;
+}
+
+// Four partial sums: one sum would wait on the add latency at every entry.
+template <typename T>
+float SparseDot(const T* values, const uint16_t* cols, int32_t begin, int32_t end,
+                const float* x) {
+  float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int32_t k = begin;
+  for (; k + 4 <= end; k += 4) {
+    s0 += static_cast<float>(values[k]) * x[cols[k]];
+    s1 += static_cast<float>(values[k + 1]) * x[cols[k + 1]];
+    s2 += static_cast<float>(values[k + 2]) * x[cols[k + 2]];
+    s3 += static_cast<float>(values[k + 3]) * x[cols[k + 3]];
+  }
+  for (; k < end; ++k) s0 += static_cast<float>(values[k]) * x[cols[k]];
+  return (s0 + s1) + (s2 + s3);
+}
+
+// y[i] = (M v)[row_begin + i] for rows [row_begin, row_end).
+template <typename T>
+void MatVec(const GruMatrix& m, int64_t row_begin, int64_t row_end, const float* v, float* y) {
+  const T* values = static_cast<const T*>(m.values);
+  for (int64_t row = row_begin; row < row_end; ++row) {
+    float sum = m.row_ptr
+                    ? SparseDot(values, m.col_indices, m.row_ptr[row], m.row_ptr[row + 1], v)
+                    : DenseDot(values + row * m.cols, v, m.cols);
+    if (m.scales) sum *= m.scales[row];
+    y[row - row_begin] = sum;
+  }
+}
+
+void MatVecRows(const GruMatrix& m, int64_t row_begin, int64_t row_end, const float* v, float* y) {
+  if (m.scales) {
+    MatVec<int8_t>(m, row_begin, row_end, v, y);
+  } else {
+    MatVec<float>(m, row_begin, row_end, v, y);
+  }
+}
+
+// out[row][s] = (M x_s)[row] for all S inputs at once, from xt = x transposed
+// ([cols][S]): each stored weight is read once for every step, and the inner
+// loop over s is contiguous, so it vectorizes.
+template <typename T>
+void ProjectAll(const GruMatrix& m, const float* xt, int64_t count, float* out) {
+  const T* values = static_cast<const T*>(m.values);
+  for (int64_t row = 0; row < m.rows; ++row) {
+    float* acc = out + row * count;
+    std::fill(acc, acc + count, 0.0f);
+    const int64_t begin = m.row_ptr ? m.row_ptr[row] : row * m.cols;
+    const int64_t end = m.row_ptr ? m.row_ptr[row + 1] : begin + m.cols;
+    for (int64_t k = begin; k < end; ++k) {
+      const float v = static_cast<float>(values[k]);
+      const float* x = xt + (m.row_ptr ? m.col_indices[k] : k - begin) * count;
+      for (int64_t s = 0; s < count; ++s) acc[s] += v * x[s];
+    }
+    if (m.scales) {
+      const float scale = m.scales[row];
+      for (int64_t s = 0; s < count; ++s) acc[s] *= scale;
+    }
+  }
+}
+
+float Sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
+
+// The configuration tensors imply (options do not travel with LiteRT's
+// callbacks). Types are unknown to GetOutputLayouts: `types_known` false.
+SparseGruOptions ImpliedOptions(const std::vector<GruTensor>& inputs, std::size_t output_rank,
+                                bool types_known) {
+  SparseGruOptions implied;
+  const GruTensor& x = inputs[kX];
+  const GruTensor& bias = inputs[kBias];
+  if (x.dims.size() == 3) implied.input_size = x.dims[2];
+  implied.reset_after = bias.dims.size() == 2;
+  if (!bias.dims.empty()) implied.units = bias.dims.back() / 3;
+  implied.return_sequences = output_rank == 3;
+  implied.format = inputs[kWValues].dims.size() == 1 ? GruFormat::kCsr : GruFormat::kDense;
+  implied.precision = types_known && inputs[kWValues].type == kLiteRtElementTypeInt8
+                          ? GruPrecision::kInt8
+                          : GruPrecision::kFloat32;
+  return implied;
+}
+
+}  // namespace
+
+std::string CheckSparseGru(const SparseGruOptions& options, const std::vector<GruTensor>& inputs,
+                           std::size_t num_outputs, GruCheck mode, GruProblem* problem) {
+  if (inputs.size() != kGruNumInputs) {
+    // LiteRT 2.3.0 leaves inputs of index -1 out of the op it shows and
+    // crashes (SIGSEGV in LiteRtRunCompiledModel) running an op that has one,
+    // so such a model must be stopped here, before it is compiled.
+    return "expects " + std::to_string(kGruNumInputs) + " inputs, got " +
+           std::to_string(inputs.size()) +
+           " (LiteRT drops absent inputs of index -1 and crashes running the op: every input "
+           "must be a tensor)";
+  }
+  if (num_outputs != 1) return "expects 1 output, got " + std::to_string(num_outputs);
+  const int64_t units = options.units, features = options.input_size, gates = 3 * options.units;
+  std::string error =
+      CheckArray(inputs, kX, kLiteRtElementTypeFloat32, {-1, -1, features}, mode);
+  if (!error.empty()) return error;
+  if (inputs[kX].dims[0] < 1 || inputs[kX].dims[1] < 1) {
+    return Label(kX) + " has shape " + DimsText(inputs[kX].dims) +
+           "; batch and time steps must be at least 1";
+  }
+  GruProblem checked;
+  checked.options = options;
+  checked.batch = inputs[kX].dims[0];
+  checked.steps = inputs[kX].dims[1];
+  if (checked.batch * checked.steps * gates > kMaxElements) {
+    return Label(kX) + " of shape " + DimsText(inputs[kX].dims) + " needs too much scratch memory";
+  }
+  if (!(error = CheckMatrix(options, inputs, kWValues, gates, features, mode,
+                            &checked.w)).empty() ||
+      !(error = CheckMatrix(options, inputs, kRValues, gates, units, mode,
+                            &checked.r)).empty()) {
+    return error;
+  }
+  const std::vector<int64_t> bias_dims =
+      options.reset_after ? std::vector<int64_t>{2, gates} : std::vector<int64_t>{gates};
+  if (!(error = CheckArray(inputs, kBias, kLiteRtElementTypeFloat32, bias_dims,
+                           mode)).empty()) {
+    return error + (options.reset_after ? " (reset_after = true)" : " (reset_after = false)");
+  }
+  checked.bias = static_cast<const float*>(inputs[kBias].data);
+  if (problem) *problem = checked;
+  return "";
+}
+
+std::vector<int32_t> SparseGruOutputDims(const GruProblem& problem) {
+  const auto b = static_cast<int32_t>(problem.batch);
+  const auto t = static_cast<int32_t>(problem.steps);
+  const auto u = static_cast<int32_t>(problem.options.units);
+  if (problem.options.return_sequences) return {b, t, u};
+  return {b, u};
+}
+
+void ComputeSparseGru(const GruProblem& p, const float* x, float* out, GruScratch* scratch) {
+  const int64_t u = p.options.units, f = p.options.input_size, gates = 3 * u;
+  const int64_t sequences = p.batch * p.steps;
+  scratch->gx.resize(static_cast<std::size_t>(sequences * gates));
+  scratch->gh.resize(static_cast<std::size_t>(gates));
+  scratch->state.resize(static_cast<std::size_t>(u));
+  scratch->reset_state.resize(static_cast<std::size_t>(u));
+  float* gx_all = scratch->gx.data();
+  float* gh = scratch->gh.data();
+  float* h = scratch->state.data();
+  float* rh = scratch->reset_state.data();
+  const float* b_x = p.bias;
+  const float* b_h = p.options.reset_after ? p.bias + gates : nullptr;
+
+  // The input projection does not depend on the state: all steps first, as
+  // one sparse-times-dense product over transposed copies.
+  scratch->inputs_t.resize(static_cast<std::size_t>(f * sequences));
+  scratch->gx_t.resize(static_cast<std::size_t>(gates * sequences));
+  float* xt = scratch->inputs_t.data();
+  float* gx_t = scratch->gx_t.data();
+  for (int64_t s = 0; s < sequences; ++s) {
+    for (int64_t j = 0; j < f; ++j) xt[j * sequences + s] = x[s * f + j];
+  }
+  if (p.w.scales) {
+    ProjectAll<int8_t>(p.w, xt, sequences, gx_t);
+  } else {
+    ProjectAll<float>(p.w, xt, sequences, gx_t);
+  }
+  for (int64_t s = 0; s < sequences; ++s) {
+    for (int64_t i = 0; i < gates; ++i) gx_all[s * gates + i] = gx_t[i * sequences + s] + b_x[i];
+  }
+  for (int64_t b = 0; b < p.batch; ++b) {
+    std::memset(h, 0, static_cast<std::size_t>(u) * sizeof(float));
+    for (int64_t t = 0; t < p.steps; ++t) {
+      const float* gx = gx_all + (b * p.steps + t) * gates;
+      if (b_h) {
+        MatVecRows(p.r, 0, gates, h, gh);
+        for (int64_t j = 0; j < u; ++j) {
+          const float z = Sigmoid(gx[j] + gh[j] + b_h[j]);
+          const float r = Sigmoid(gx[u + j] + gh[u + j] + b_h[u + j]);
+          const float n = std::tanh(gx[2 * u + j] + r * (gh[2 * u + j] + b_h[2 * u + j]));
+          gh[j] = z;  // z is kept until every unit has read the old h
+          gh[u + j] = n;
+        }
+      } else {
+        MatVecRows(p.r, 0, 2 * u, h, gh);
+        for (int64_t j = 0; j < u; ++j) {
+          gh[j] = Sigmoid(gx[j] + gh[j]);
+          rh[j] = Sigmoid(gx[u + j] + gh[u + j]) * h[j];
+        }
+        MatVecRows(p.r, 2 * u, gates, rh, gh + 2 * u);
+        for (int64_t j = 0; j < u; ++j) gh[u + j] = std::tanh(gx[2 * u + j] + gh[2 * u + j]);
+      }
+      for (int64_t j = 0; j < u; ++j) h[j] = gh[j] * h[j] + (1.0f - gh[j]) * gh[u + j];
+      if (p.options.return_sequences) {
+        std::memcpy(out + (b * p.steps + t) * u, h, static_cast<std::size_t>(u) * sizeof(float));
+      }
+    }
+    if (!p.options.return_sequences) {
+      std::memcpy(out + b * u, h, static_cast<std::size_t>(u) * sizeof(float));
+    }
+  }
+}
+
+SparseGruKernel::SparseGruKernel() : callbacks_{Init, OutputLayouts, Run, Destroy} {}
+
+std::string SparseGruKernel::Validate(const runtime::CustomOpSite& site) const {
+  SparseGruOptions options;
+  std::string error = ParseSparseGruOptions(site.options, site.options_size, &options);
+  if (!error.empty()) return error;
+  std::vector<GruTensor> inputs;
+  for (const runtime::OpInput& input : site.inputs) {
+    GruTensor tensor;
+    tensor.present = input.ranked;
+    tensor.type = input.element_type;
+    tensor.dims = input.dims;
+    tensor.data = input.data;
+    tensor.size = input.size;
+    inputs.push_back(std::move(tensor));
+  }
+  return CheckSparseGru(options, inputs, site.num_outputs, GruCheck::kPreflight, nullptr);
+}
+
+std::string SparseGruKernel::TakeRunError() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::string error;
+  error.swap(error_);
+  return error;
+}
+
+void SparseGruKernel::AddError(const std::string& error) {
+  error_ += error_.empty() ? "" : "; ";
+  error_ += error;
+}
+
+LiteRtStatus SparseGruKernel::Init(void* user_data, const void* init_data, std::size_t size) {
+  auto* self = static_cast<SparseGruKernel*>(user_data);
+  SparseGruOptions options;
+  const std::string error =
+      ParseSparseGruOptions(static_cast<const uint8_t*>(init_data), size, &options);
+  std::lock_guard<std::mutex> lock(self->mutex_);
+  ++self->live_ops_;
+  if (!error.empty()) {
+    self->AddError(error);
+    return kLiteRtStatusErrorInvalidArgument;
+  }
+  self->ops_.push_back(options);
+  return kLiteRtStatusOk;
+}
+
+LiteRtStatus SparseGruKernel::Destroy(void* user_data) {
+  auto* self = static_cast<SparseGruKernel*>(user_data);
+  std::lock_guard<std::mutex> lock(self->mutex_);
+  // Which op goes is unknown; the records go when the last op does.
+  if (self->live_ops_ > 0 && --self->live_ops_ == 0) {
+    self->ops_.clear();
+    self->prepare_cursor_ = 0;
+    self->scratch_ = GruScratch();
+  }
+  return kLiteRtStatusOk;
+}
+
+LiteRtStatus SparseGruKernel::OutputLayouts(void* user_data, std::size_t num_inputs,
+                                            const LiteRtLayout* input_layouts,
+                                            std::size_t num_outputs,
+                                            LiteRtLayout* output_layouts) {
+  auto* self = static_cast<SparseGruKernel*>(user_data);
+  std::lock_guard<std::mutex> lock(self->mutex_);
+  if (num_inputs != kGruNumInputs || num_outputs != 1 || !input_layouts || !output_layouts) {
+    self->AddError("expects 10 inputs and 1 output, got " + std::to_string(num_inputs) +
+                   " and " + std::to_string(num_outputs));
+    return kLiteRtStatusErrorInvalidArgument;
+  }
+  std::vector<GruTensor> inputs(kGruNumInputs);
+  for (std::size_t i = 0; i < kGruNumInputs; ++i) {
+    const LiteRtLayout& layout = input_layouts[i];
+    inputs[i].present = layout.rank > 0;
+    const unsigned rank = std::min<unsigned>(layout.rank, LITERT_TENSOR_MAX_RANK);
+    inputs[i].dims.assign(layout.dimensions, layout.dimensions + rank);
+  }
+  // Ops are prepared in the order they were initialized; the first op from
+  // the cursor on whose options fit these shapes is this one.
+  const SparseGruOptions implied = ImpliedOptions(inputs, 0, false);
+  const std::size_t count = self->ops_.size();
+  for (std::size_t n = 0; n < count; ++n) {
+    const std::size_t index = (self->prepare_cursor_ + n) % count;
+    SparseGruOptions candidate = self->ops_[index];
+    // Shapes alone do not show precision or return_sequences.
+    SparseGruOptions shape_only = implied;
+    shape_only.precision = candidate.precision;
+    shape_only.return_sequences = candidate.return_sequences;
+    if (!(candidate == shape_only)) continue;
+    for (std::size_t i = 0; i < kGruNumInputs; ++i) {
+      // Types are not in layouts: claim the ones the options ask for so only
+      // shapes are checked here (Run checks types).
+      const bool int8 = candidate.precision == GruPrecision::kInt8;
+      const LiteRtElementType types[kGruNumInputs] = {
+          kLiteRtElementTypeFloat32, int8 ? kLiteRtElementTypeInt8 : kLiteRtElementTypeFloat32,
+          kGruElementTypeUInt16, kLiteRtElementTypeInt32, kLiteRtElementTypeFloat32,
+          int8 ? kLiteRtElementTypeInt8 : kLiteRtElementTypeFloat32,
+          kGruElementTypeUInt16, kLiteRtElementTypeInt32, kLiteRtElementTypeFloat32,
+          kLiteRtElementTypeFloat32};
+      inputs[i].type = types[i];
+    }
+    GruProblem problem;
+    const std::string error = CheckSparseGru(candidate, inputs, 1, GruCheck::kShapes, &problem);
+    if (!error.empty()) {
+      self->AddError(error);
+      return kLiteRtStatusErrorInvalidArgument;
+    }
+    self->prepare_cursor_ = index + 1;
+    const std::vector<int32_t> dims = SparseGruOutputDims(problem);
+    LiteRtLayout& out = output_layouts[0];
+    std::memset(&out, 0, sizeof(out));
+    out.rank = static_cast<unsigned>(dims.size());
+    for (std::size_t d = 0; d < dims.size(); ++d) out.dimensions[d] = dims[d];
+    return kLiteRtStatusOk;
+  }
+  self->AddError("no initialized SparseGRU op has options that fit input shapes x " +
+                 DimsText(inputs[kX].dims) + ", bias " + DimsText(inputs[kBias].dims));
+  return kLiteRtStatusErrorInvalidArgument;
+}
+
+LiteRtStatus SparseGruKernel::Run(void* user_data, std::size_t num_inputs,
+                                  const LiteRtTensorBuffer* inputs, std::size_t num_outputs,
+                                  LiteRtTensorBuffer* outputs) {
+  auto* self = static_cast<SparseGruKernel*>(user_data);
+  std::lock_guard<std::mutex> lock(self->mutex_);
+  const std::string error = self->RunLocked(num_inputs, inputs, num_outputs, outputs);
+  if (error.empty()) return kLiteRtStatusOk;
+  self->AddError(error);
+  return kLiteRtStatusErrorRuntimeFailure;
+}
+
+std::string SparseGruKernel::RunLocked(std::size_t num_inputs, const LiteRtTensorBuffer* inputs,
+                                       std::size_t num_outputs, LiteRtTensorBuffer* outputs) {
+  if (num_inputs != kGruNumInputs || num_outputs != 1 || !inputs || !outputs || !outputs[0]) {
+    return "expects 10 inputs and 1 output, got " + std::to_string(num_inputs) + " and " +
+           std::to_string(num_outputs);
+  }
+  // Lock every buffer for the whole run; unlock whatever was locked on exit.
+  std::vector<LiteRtTensorBuffer> locked;
+  struct Unlocker {
+    std::vector<LiteRtTensorBuffer>* buffers;
+    ~Unlocker() {
+      for (LiteRtTensorBuffer buffer : *buffers) LiteRtUnlockTensorBuffer(buffer);
+    }
+  } unlocker{&locked};
+  auto map = [&locked](LiteRtTensorBuffer buffer, LiteRtTensorBufferLockMode mode,
+                       GruTensor* tensor) -> bool {
+    LiteRtRankedTensorType type;
+    void* host = nullptr;
+    if (LiteRtGetTensorBufferTensorType(buffer, &type) != kLiteRtStatusOk ||
+        LiteRtGetTensorBufferSize(buffer, &tensor->size) != kLiteRtStatusOk ||
+        type.layout.rank > LITERT_TENSOR_MAX_RANK ||
+        LiteRtLockTensorBuffer(buffer, &host, mode) != kLiteRtStatusOk) {
+      return false;
+    }
+    locked.push_back(buffer);
+    tensor->present = true;
+    tensor->type = type.element_type;
+    tensor->dims.assign(type.layout.dimensions, type.layout.dimensions + type.layout.rank);
+    tensor->data = host;
+    return host != nullptr || tensor->size == 0;
+  };
+  std::vector<GruTensor> tensors(kGruNumInputs);
+  for (std::size_t i = 0; i < kGruNumInputs; ++i) {
+    if (inputs[i] && !map(inputs[i], kLiteRtTensorBufferLockModeRead, &tensors[i])) {
+      return "cannot map " + Label(i);
+    }
+  }
+  GruTensor output;
+  if (!map(outputs[0], kLiteRtTensorBufferLockModeWrite, &output)) return "cannot map the output";
+
+  const SparseGruOptions implied = ImpliedOptions(tensors, output.dims.size(), true);
+  bool initialized = false;
+  for (const SparseGruOptions& options : ops_) initialized = initialized || options == implied;
+  if (!initialized) {
+    return "the tensors handed to the kernel fit no initialized SparseGRU op's options";
+  }
+  GruProblem problem;
+  std::string error = CheckSparseGru(implied, tensors, num_outputs, GruCheck::kRun, &problem);
+  if (!error.empty()) return error;
+  const std::vector<int32_t> want = SparseGruOutputDims(problem);
+  std::size_t want_bytes = sizeof(float);
+  for (int32_t d : want) want_bytes *= static_cast<std::size_t>(d);
+  if (output.type != kLiteRtElementTypeFloat32 || output.dims != want ||
+      output.size < want_bytes || !output.data) {
+    return "output must be float32 " + DimsText(want) + ", got " + TypeName(output.type) + " " +
+           DimsText(output.dims);
+  }
+  ComputeSparseGru(problem, static_cast<const float*>(tensors[kX].data),
+                   static_cast<float*>(const_cast<void*>(output.data)), &scratch_);
+  return "";
+}
+
+SparseGruKernel* SparseGruKernelInstance() {
+  static SparseGruKernel* kernel = new SparseGruKernel();  // lives as long as the process
+  return kernel;
+}
+
+}  // namespace ops
+}  // namespace edgepipe

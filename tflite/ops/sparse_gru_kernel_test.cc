@@ -1,0 +1,552 @@
+// SparseGRU kernel without LiteRT in the loop: the options parser on real and
+// hand-damaged flexbuffers, every validation check on in-memory inputs, and
+// the computation against hand-computed values and against its own dense
+// float32 path (CSR = dense, int8 = dequantized float). Models through LiteRT
+// are tested from Python (tests/test_sparse_gru_kernel.py).
+
+#include "tflite/ops/sparse_gru_kernel.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+using edgepipe::ops::CheckSparseGru;
+using edgepipe::ops::ComputeSparseGru;
+using edgepipe::ops::GruFormat;
+using edgepipe::ops::GruPrecision;
+using edgepipe::ops::GruProblem;
+using edgepipe::ops::GruScratch;
+using edgepipe::ops::GruTensor;
+using edgepipe::ops::ParseSparseGruOptions;
+using edgepipe::ops::SparseGruOptions;
+
+int failures = 0;
+
+#define CHECK(cond, ...)                                      \
+  do {                                                        \
+    if (!(cond)) {                                            \
+      std::fprintf(stderr, "line %d: %s: ", __LINE__, #cond); \
+      std::fprintf(stderr, __VA_ARGS__);                      \
+      std::fprintf(stderr, "\n");                             \
+      ++failures;                                             \
+    }                                                         \
+  } while (0)
+
+bool Contains(const std::string& text, const std::string& needle) {
+  return text.find(needle) != std::string::npos;
+}
+
+// flexbuffers.Dumps({"version": 1, "units": 2, "input_size": 3, "reset_after":
+// False, "return_sequences": True, "precision": "int8", "format": "dense"})
+// from the Python flatbuffers package (1-byte widths).
+const std::vector<uint8_t> kPythonDense = {
+    0x76, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x00, 0x75, 0x6e, 0x69, 0x74, 0x73, 0x00, 0x69,
+    0x6e, 0x70, 0x75, 0x74, 0x5f, 0x73, 0x69, 0x7a, 0x65, 0x00, 0x72, 0x65, 0x73, 0x65, 0x74,
+    0x5f, 0x61, 0x66, 0x74, 0x65, 0x72, 0x00, 0x72, 0x65, 0x74, 0x75, 0x72, 0x6e, 0x5f, 0x73,
+    0x65, 0x71, 0x75, 0x65, 0x6e, 0x63, 0x65, 0x73, 0x00, 0x70, 0x72, 0x65, 0x63, 0x69, 0x73,
+    0x69, 0x6f, 0x6e, 0x00, 0x04, 0x69, 0x6e, 0x74, 0x38, 0x00, 0x66, 0x6f, 0x72, 0x6d, 0x61,
+    0x74, 0x00, 0x05, 0x64, 0x65, 0x6e, 0x73, 0x65, 0x00, 0x07, 0x0f, 0x48, 0x21, 0x3f, 0x34,
+    0x52, 0x5b, 0x07, 0x01, 0x07, 0x11, 0x03, 0x20, 0x00, 0x01, 0x02, 0x01, 0x14, 0x04, 0x14,
+    0x68, 0x68, 0x04, 0x04, 0x0e, 0x24, 0x01};
+
+// The same for units 300, input_size 1000, reset_after True, return_sequences
+// False, "float32", "csr": the map is written with 2-byte widths.
+const std::vector<uint8_t> kPythonCsrWide = {
+    0x76, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x00, 0x75, 0x6e, 0x69, 0x74, 0x73, 0x00, 0x69,
+    0x6e, 0x70, 0x75, 0x74, 0x5f, 0x73, 0x69, 0x7a, 0x65, 0x00, 0x72, 0x65, 0x73, 0x65, 0x74,
+    0x5f, 0x61, 0x66, 0x74, 0x65, 0x72, 0x00, 0x72, 0x65, 0x74, 0x75, 0x72, 0x6e, 0x5f, 0x73,
+    0x65, 0x71, 0x75, 0x65, 0x6e, 0x63, 0x65, 0x73, 0x00, 0x70, 0x72, 0x65, 0x63, 0x69, 0x73,
+    0x69, 0x6f, 0x6e, 0x00, 0x07, 0x66, 0x6c, 0x6f, 0x61, 0x74, 0x33, 0x32, 0x00, 0x66, 0x6f,
+    0x72, 0x6d, 0x61, 0x74, 0x00, 0x03, 0x63, 0x73, 0x72, 0x00, 0x07, 0x0d, 0x49, 0x22, 0x40,
+    0x35, 0x53, 0x5c, 0x00, 0x08, 0x00, 0x01, 0x00, 0x07, 0x00, 0x13, 0x00, 0xe8, 0x03, 0x27,
+    0x00, 0x01, 0x00, 0x00, 0x00, 0x2c, 0x01, 0x01, 0x00, 0x14, 0x05, 0x14, 0x69, 0x69, 0x05,
+    0x05, 0x15, 0x25, 0x01};
+
+// A minimal flexbuffer map writer (1-byte widths) so tests can write what an
+// encoder never would: wrong types, repeated keys, odd values.
+struct FlexEntry {
+  std::string key;
+  int type;  // 1 int, 3 float, 5 string, 26 bool
+  int64_t number;
+  std::string text;
+};
+
+std::vector<uint8_t> Flex(const std::vector<FlexEntry>& entries) {
+  std::vector<uint8_t> out;
+  std::vector<size_t> key_at, text_at;
+  for (const FlexEntry& e : entries) {
+    key_at.push_back(out.size());
+    out.insert(out.end(), e.key.begin(), e.key.end());
+    out.push_back(0);
+  }
+  for (const FlexEntry& e : entries) {
+    out.push_back(static_cast<uint8_t>(e.text.size()));
+    text_at.push_back(out.size());
+    out.insert(out.end(), e.text.begin(), e.text.end());
+    out.push_back(0);
+  }
+  out.push_back(static_cast<uint8_t>(entries.size()));
+  const size_t keys = out.size();
+  for (size_t i = 0; i < entries.size(); ++i) {
+    out.push_back(static_cast<uint8_t>(out.size() - key_at[i]));
+  }
+  out.push_back(static_cast<uint8_t>(out.size() - keys));  // keys vector offset
+  out.push_back(1);                                        // keys width
+  out.push_back(static_cast<uint8_t>(entries.size()));
+  const size_t map = out.size();
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const FlexEntry& e = entries[i];
+    out.push_back(e.type == 5 ? static_cast<uint8_t>(out.size() - text_at[i])
+                              : static_cast<uint8_t>(e.number));
+  }
+  for (const FlexEntry& e : entries) out.push_back(static_cast<uint8_t>(e.type << 2));
+  out.push_back(static_cast<uint8_t>(out.size() - map));
+  out.push_back(9 << 2);  // map, 1-byte elements
+  out.push_back(1);       // root width
+  return out;
+}
+
+std::vector<FlexEntry> GoodEntries() {
+  return {{"version", 1, 1, ""},      {"units", 1, 2, ""},
+          {"input_size", 1, 3, ""},   {"reset_after", 26, 1, ""},
+          {"return_sequences", 26, 0, ""}, {"precision", 5, 0, "float32"},
+          {"format", 5, 0, "csr"}};
+}
+
+std::string ParseError(const std::vector<uint8_t>& bytes) {
+  SparseGruOptions options;
+  return ParseSparseGruOptions(bytes.data(), bytes.size(), &options);
+}
+
+std::string ParseWith(const std::string& key, int type, int64_t number, const std::string& text) {
+  std::vector<FlexEntry> entries = GoodEntries();
+  for (FlexEntry& e : entries) {
+    if (e.key == key) e = {key, type, number, text};
+  }
+  return ParseError(Flex(entries));
+}
+
+void TestOptions() {
+  SparseGruOptions options;
+  CHECK(ParseSparseGruOptions(kPythonDense.data(), kPythonDense.size(), &options).empty(), "python");
+  CHECK(options.units == 2 && options.input_size == 3 && !options.reset_after &&
+            options.return_sequences && options.precision == GruPrecision::kInt8 &&
+            options.format == GruFormat::kDense,
+        "python dense options read wrong");
+  CHECK(ParseSparseGruOptions(kPythonCsrWide.data(), kPythonCsrWide.size(), &options).empty(),
+        "python wide");
+  CHECK(options.units == 300 && options.input_size == 1000 && options.reset_after &&
+            !options.return_sequences && options.precision == GruPrecision::kFloat32 &&
+            options.format == GruFormat::kCsr,
+        "python wide options read wrong");
+  const std::vector<uint8_t> good = Flex(GoodEntries());
+  CHECK(ParseError(good).empty(), "%s", ParseError(good).c_str());
+
+  CHECK(Contains(ParseError({}), "missing"), "empty");
+  std::vector<FlexEntry> entries = GoodEntries();
+  entries.pop_back();
+  CHECK(Contains(ParseError(Flex(entries)), "'format' is missing"), "%s", ParseError(Flex(entries)).c_str());
+  entries = GoodEntries();
+  entries.push_back({"activation", 5, 0, "tanh"});
+  CHECK(Contains(ParseError(Flex(entries)), "unknown custom option 'activation'"), "extra");
+  entries = GoodEntries();
+  entries.push_back({"units", 1, 2, ""});
+  CHECK(Contains(ParseError(Flex(entries)), "repeat the key 'units'"), "repeated");
+
+  CHECK(Contains(ParseWith("version", 1, 2, ""), "format version 1 only"), "version");
+  CHECK(Contains(ParseWith("version", 5, 0, "1"), "'version' must be an int, got string"), "type");
+  CHECK(Contains(ParseWith("units", 1, 0, ""), "'units' is 0"), "units 0");
+  CHECK(Contains(ParseWith("units", 1, -3, ""), "'units' is -3"), "negative units");
+  CHECK(Contains(ParseWith("input_size", 26, 1, ""), "'input_size' must be an int, got bool"), "bool");
+  CHECK(Contains(ParseWith("units", 3, 0, ""), "must be an int, got float"), "float");
+  CHECK(Contains(ParseWith("reset_after", 1, 1, ""), "'reset_after' must be a bool, got int"), "int");
+  CHECK(Contains(ParseWith("return_sequences", 26, 2, ""), "not a valid bool"), "bool 2");
+  CHECK(Contains(ParseWith("precision", 5, 0, "float16"), "'precision' is 'float16'"), "precision");
+  CHECK(Contains(ParseWith("format", 5, 0, "bsr"), "'format' is 'bsr'"), "format");
+  CHECK(Contains(ParseWith("format", 1, 0, ""), "'format' must be a string"), "format type");
+
+  // Every truncation and every single-byte change: an answer, never a crash
+  // (the fuzz target goes further under AddressSanitizer).
+  for (size_t cut = 0; cut < good.size(); ++cut) {
+    std::vector<uint8_t> part(good.begin(), good.begin() + static_cast<long>(cut));
+    CHECK(!ParseError(part).empty(), "truncated at %zu accepted", cut);
+  }
+  for (size_t i = 0; i < good.size(); ++i) {
+    for (int v : {0x00, 0x07, 0x7f, 0xff}) {
+      std::vector<uint8_t> bent = good;
+      bent[i] = static_cast<uint8_t>(v);
+      ParseError(bent);
+    }
+  }
+  std::vector<uint8_t> not_map = good;
+  not_map[not_map.size() - 2] = 1 << 2;  // an int root
+  CHECK(Contains(ParseError(not_map), "must be a flexbuffer map"), "%s", ParseError(not_map).c_str());
+}
+
+// A GRU's stored arrays, owning their memory.
+struct Model {
+  SparseGruOptions options;
+  int batch = 1, steps = 1;
+  std::vector<float> x;
+  std::vector<float> w_float, r_float;  // values, csr or dense
+  std::vector<int8_t> w_int8, r_int8;
+  std::vector<uint16_t> w_cols, r_cols;
+  std::vector<int32_t> w_ptr, r_ptr;
+  std::vector<float> w_scales, r_scales;
+  std::vector<float> bias;
+};
+
+template <typename T>
+GruTensor Tensor(LiteRtElementType type, std::vector<int32_t> dims, const std::vector<T>& data) {
+  GruTensor t;
+  t.present = true;
+  t.type = type;
+  t.dims = std::move(dims);
+  t.data = data.empty() ? nullptr : data.data();
+  t.size = data.size() * sizeof(T);
+  return t;
+}
+
+std::vector<GruTensor> Inputs(const Model& m) {
+  const auto& o = m.options;
+  const int u = static_cast<int>(o.units), f = static_cast<int>(o.input_size);
+  const bool csr = o.format == GruFormat::kCsr, int8 = o.precision == GruPrecision::kInt8;
+  std::vector<GruTensor> in(10);
+  in[0] = Tensor(kLiteRtElementTypeFloat32, {m.batch, m.steps, f}, m.x);
+  auto matrix = [&](size_t first, int cols, const std::vector<float>& vf,
+                    const std::vector<int8_t>& vi, const std::vector<uint16_t>& c,
+                    const std::vector<int32_t>& p, const std::vector<float>& s) {
+    const int nnz = static_cast<int>(int8 ? vi.size() : vf.size());
+    const std::vector<int32_t> dims = csr ? std::vector<int32_t>{nnz} : std::vector<int32_t>{3 * u, cols};
+    in[first] = int8 ? Tensor(kLiteRtElementTypeInt8, dims, vi)
+                     : Tensor(kLiteRtElementTypeFloat32, dims, vf);
+    if (csr) {
+      in[first + 1] = Tensor(edgepipe::ops::kGruElementTypeUInt16, {nnz}, c);
+      in[first + 2] = Tensor(kLiteRtElementTypeInt32, {3 * u + 1}, p);
+    }
+    if (int8) in[first + 3] = Tensor(kLiteRtElementTypeFloat32, {3 * u}, s);
+  };
+  matrix(1, f, m.w_float, m.w_int8, m.w_cols, m.w_ptr, m.w_scales);
+  matrix(5, u, m.r_float, m.r_int8, m.r_cols, m.r_ptr, m.r_scales);
+  in[9] = Tensor(kLiteRtElementTypeFloat32,
+                 o.reset_after ? std::vector<int32_t>{2, 3 * u} : std::vector<int32_t>{3 * u},
+                 m.bias);
+  return in;
+}
+
+// Fills a model from dense float matrices, keeping entries whose |value| is at
+// least `threshold` (so some rows end up empty).
+void Store(const std::vector<float>& dense, int rows, int cols, const SparseGruOptions& o,
+           float threshold, std::vector<float>* vf, std::vector<int8_t>* vi,
+           std::vector<uint16_t>* c, std::vector<int32_t>* p, std::vector<float>* s) {
+  const bool csr = o.format == GruFormat::kCsr, int8 = o.precision == GruPrecision::kInt8;
+  p->assign(1, 0);
+  for (int row = 0; row < rows; ++row) {
+    float scale = 1;
+    if (int8) {
+      float max_abs = 0;
+      for (int j = 0; j < cols; ++j) max_abs = std::fmax(max_abs, std::fabs(dense[row * cols + j]));
+      scale = max_abs > 0 ? max_abs / 127 : 1;
+      s->push_back(scale);
+    }
+    for (int j = 0; j < cols; ++j) {
+      const float v = dense[row * cols + j];
+      if (csr && std::fabs(v) < threshold) continue;
+      if (int8) {
+        vi->push_back(static_cast<int8_t>(std::lround(v / scale)));
+      } else {
+        vf->push_back(v);
+      }
+      if (csr) c->push_back(static_cast<uint16_t>(j));
+    }
+    p->push_back(static_cast<int32_t>(int8 ? vi->size() : vf->size()));
+  }
+}
+
+Model RandomModel(SparseGruOptions o, int batch, int steps, uint32_t seed, float threshold,
+                  std::vector<float>* w_dense, std::vector<float>* r_dense) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> uniform(-0.8f, 0.8f);
+  Model m;
+  m.options = o;
+  m.batch = batch;
+  m.steps = steps;
+  const int u = static_cast<int>(o.units), f = static_cast<int>(o.input_size);
+  m.x.resize(static_cast<size_t>(batch * steps * f));
+  for (float& v : m.x) v = uniform(rng);
+  w_dense->resize(static_cast<size_t>(3 * u * f));
+  r_dense->resize(static_cast<size_t>(3 * u * u));
+  for (float& v : *w_dense) v = uniform(rng);
+  for (float& v : *r_dense) v = uniform(rng);
+  for (int j = 0; j < f; ++j) (*w_dense)[static_cast<size_t>(j)] = 0;  // an empty row
+  m.bias.resize(static_cast<size_t>((o.reset_after ? 6 : 3) * u));
+  for (float& v : m.bias) v = uniform(rng);
+  Store(*w_dense, 3 * u, f, o, threshold, &m.w_float, &m.w_int8, &m.w_cols, &m.w_ptr, &m.w_scales);
+  Store(*r_dense, 3 * u, u, o, threshold, &m.r_float, &m.r_int8, &m.r_cols, &m.r_ptr, &m.r_scales);
+  return m;
+}
+
+std::vector<float> Compute(const Model& m, std::string* error) {
+  GruProblem problem;
+  *error = CheckSparseGru(m.options, Inputs(m), 1, edgepipe::ops::GruCheck::kRun, &problem);
+  if (!error->empty()) return {};
+  const std::vector<int32_t> dims = edgepipe::ops::SparseGruOutputDims(problem);
+  size_t n = 1;
+  for (int32_t d : dims) n *= static_cast<size_t>(d);
+  std::vector<float> out(n, -99.0f);
+  GruScratch scratch;
+  ComputeSparseGru(problem, m.x.data(), out.data(), &scratch);
+  return out;
+}
+
+float Sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
+
+void TestHandComputed() {
+  // One unit, one feature, two steps: W = (z 0.5, r -1, h 2), R = (z 1, r 0.5, h -1).
+  for (bool reset_after : {true, false}) {
+    Model m;
+    m.options = {1, 1, reset_after, true, GruPrecision::kFloat32, GruFormat::kDense};
+    m.steps = 2;
+    m.x = {1.0f, -0.5f};
+    m.w_float = {0.5f, -1.0f, 2.0f};
+    m.r_float = {1.0f, 0.5f, -1.0f};
+    m.bias = reset_after ? std::vector<float>{0.1f, 0.2f, 0.3f, -0.1f, 0.05f, 0.4f}
+                         : std::vector<float>{0.1f, 0.2f, 0.3f};
+    float h = 0;
+    std::vector<float> want;
+    for (float x : m.x) {
+      float z, r, n;
+      if (reset_after) {
+        z = Sigmoid(0.5f * x + 0.1f + 1.0f * h - 0.1f);
+        r = Sigmoid(-1.0f * x + 0.2f + 0.5f * h + 0.05f);
+        n = std::tanh(2.0f * x + 0.3f + r * (-1.0f * h + 0.4f));
+      } else {
+        z = Sigmoid(0.5f * x + 0.1f + 1.0f * h);
+        r = Sigmoid(-1.0f * x + 0.2f + 0.5f * h);
+        n = std::tanh(2.0f * x + 0.3f + -1.0f * (r * h));
+      }
+      h = z * h + (1 - z) * n;
+      want.push_back(h);
+    }
+    std::string error;
+    const std::vector<float> got = Compute(m, &error);
+    CHECK(error.empty() && got.size() == 2, "%s", error.c_str());
+    for (size_t i = 0; i < got.size(); ++i) {
+      CHECK(std::fabs(got[i] - want[i]) < 1e-6f, "step %zu: %g vs %g", i, got[i], want[i]);
+    }
+    m.options.return_sequences = false;
+    const std::vector<float> last = Compute(m, &error);
+    CHECK(last.size() == 1 && std::fabs(last[0] - want[1]) < 1e-6f, "last state");
+  }
+}
+
+float MaxDiff(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size()) return INFINITY;
+  float worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) worst = std::fmax(worst, std::fabs(a[i] - b[i]));
+  return worst;
+}
+
+void TestFormatsAgree() {
+  for (bool reset_after : {true, false}) {
+    for (bool sequences : {true, false}) {
+      SparseGruOptions dense_opts{5, 17, reset_after, sequences, GruPrecision::kFloat32,
+                                  GruFormat::kDense};
+      std::vector<float> w, r;
+      // Dense weights with the small ones zeroed equal the CSR of threshold 0.4.
+      Model csr = RandomModel({5, 17, reset_after, sequences, GruPrecision::kFloat32,
+                               GruFormat::kCsr}, 3, 4, 7, 0.4f, &w, &r);
+      for (float& v : w) v = std::fabs(v) < 0.4f ? 0 : v;
+      for (float& v : r) v = std::fabs(v) < 0.4f ? 0 : v;
+      Model dense = csr;
+      dense.options = dense_opts;
+      dense.w_float = w;
+      dense.r_float = r;
+      std::string e1, e2;
+      const std::vector<float> a = Compute(csr, &e1), b = Compute(dense, &e2);
+      CHECK(e1.empty() && e2.empty(), "%s %s", e1.c_str(), e2.c_str());
+      CHECK(MaxDiff(a, b) < 1e-5f, "csr vs dense differ by %g", MaxDiff(a, b));
+      CHECK(a.size() == static_cast<size_t>(sequences ? 3 * 4 * 5 : 3 * 5), "size %zu", a.size());
+
+      // int8: the same arrays dequantized to float32 give the same result.
+      for (GruFormat format : {GruFormat::kCsr, GruFormat::kDense}) {
+        Model q = RandomModel({5, 17, reset_after, sequences, GruPrecision::kInt8, format}, 2, 3,
+                              11, 0.3f, &w, &r);
+        Model f = q;
+        f.options.precision = GruPrecision::kFloat32;
+        f.w_scales.clear();
+        f.r_scales.clear();
+        // Row of stored value k: from row_ptr (csr) or k / cols (dense).
+        auto dequant = [&](const std::vector<int8_t>& v, const std::vector<int32_t>& ptr,
+                           const std::vector<float>& s, int cols) {
+          std::vector<float> out(v.size());
+          for (size_t k = 0; k < v.size(); ++k) {
+            const size_t row =
+                format == GruFormat::kCsr
+                    ? static_cast<size_t>(std::upper_bound(ptr.begin(), ptr.end(),
+                                                           static_cast<int32_t>(k)) -
+                                          ptr.begin() - 1)
+                    : k / static_cast<size_t>(cols);
+            out[k] = v[k] * s[row];
+          }
+          return out;
+        };
+        f.w_float = dequant(q.w_int8, q.w_ptr, q.w_scales, 17);
+        f.r_float = dequant(q.r_int8, q.r_ptr, q.r_scales, 5);
+        const std::vector<float> qa = Compute(q, &e1), fa = Compute(f, &e2);
+        CHECK(e1.empty() && e2.empty(), "%s %s", e1.c_str(), e2.c_str());
+        CHECK(MaxDiff(qa, fa) < 1e-5f, "int8 vs dequantized differ by %g", MaxDiff(qa, fa));
+      }
+    }
+  }
+}
+
+std::string CheckError(const Model& m, std::vector<GruTensor> inputs, size_t outputs = 1) {
+  return CheckSparseGru(m.options, inputs, outputs, edgepipe::ops::GruCheck::kPreflight, nullptr);
+}
+
+void TestValidation() {
+  std::vector<float> w, r;
+  SparseGruOptions csr_int8{4, 6, true, false, GruPrecision::kInt8, GruFormat::kCsr};
+  Model m = RandomModel(csr_int8, 1, 2, 3, 0.3f, &w, &r);
+  const std::vector<GruTensor> good = Inputs(m);
+  CHECK(CheckError(m, good).empty(), "%s", CheckError(m, good).c_str());
+
+  auto with = [&](size_t index, const GruTensor& t) {
+    std::vector<GruTensor> in = good;
+    in[index] = t;
+    return CheckError(m, in);
+  };
+  auto expect = [](const std::string& error, const char* needle) {
+    CHECK(Contains(error, needle), "wanted '%s', got '%s'", needle, error.c_str());
+  };
+  std::vector<GruTensor> fewer(good.begin(), good.end() - 1);
+  expect(CheckError(m, fewer), "expects 10 inputs");
+  expect(CheckError(m, good, 2), "expects 1 output");
+  expect(with(9, GruTensor()), "input 9 (bias) is missing");
+
+  GruTensor t = good[0];
+  t.type = kLiteRtElementTypeInt8;
+  expect(with(0, t), "input 0 (x) must be float32, got int8");
+  t = good[0];
+  t.dims = {1, 2, 7};
+  expect(with(0, t), "input 0 (x) has shape [1, 2, 7], expected rank 3 [?, ?, 6]");
+  t.dims = {1, 6};
+  expect(with(0, t), "expected rank 3");
+  t.dims = {0, 2, 6};
+  t.data = nullptr;
+  t.size = 0;
+  expect(with(0, t), "batch and time steps must be at least 1");
+  t.dims = {1, -1, 6};
+  expect(with(0, t), "input 0 (x) has shape [1, -1, 6]");
+
+  t = good[1];
+  t.type = kLiteRtElementTypeFloat32;
+  expect(with(1, t), "input 1 (w_values) must be int8, got float32");
+  t = good[1];
+  t.data = nullptr;
+  expect(with(1, t), "input 1 (w_values) must be a constant tensor");
+  t = good[1];
+  t.size -= 1;
+  expect(with(1, t), "input 1 (w_values) holds");
+  t = good[2];
+  t.dims = {t.dims[0] + 1};
+  expect(with(2, t), "input 2 (w_col_indices) has shape");
+  t = good[2];
+  t.type = kLiteRtElementTypeInt32;
+  expect(with(2, t), "must be uint16");
+  t = good[3];
+  t.dims = {3 * 4};
+  expect(with(3, t), "input 3 (w_row_ptr) has shape [12], expected rank 1 [13]");
+
+  // Row pointers and column indices: edited copies of the good arrays.
+  auto row_ptr_error = [&](size_t at, int32_t value) {
+    std::vector<int32_t> ptr = m.w_ptr;
+    ptr[at] = value;
+    return with(3, Tensor(kLiteRtElementTypeInt32, {13}, ptr));
+  };
+  const int32_t nnz = static_cast<int32_t>(m.w_int8.size());
+  expect(row_ptr_error(0, 1), "row_ptr[0] is 1, must be 0");
+  expect(row_ptr_error(5, m.w_ptr[4] - 1), "decreases at row 4");
+  expect(row_ptr_error(5, nnz + 5), "is past nnz");
+  expect(row_ptr_error(12, nnz - 1), "last entry is");
+  std::vector<uint16_t> cols = m.w_cols;
+  const size_t row2 = static_cast<size_t>(m.w_ptr[2]);
+  CHECK(m.w_ptr[3] - m.w_ptr[2] >= 2, "test needs two entries in row 2");
+  cols[row2] = 6;
+  expect(with(2, Tensor(edgepipe::ops::kGruElementTypeUInt16, {nnz}, cols)),
+         "column 6 in row 2 is out of range (< 6)");
+  cols = m.w_cols;
+  cols[row2 + 1] = cols[row2];
+  expect(with(2, Tensor(edgepipe::ops::kGruElementTypeUInt16, {nnz}, cols)),
+         "columns of row 2 are not strictly increasing");
+  std::vector<uint16_t> r_cols = m.r_cols;
+  r_cols[0] = 4;  // R has U = 4 columns
+  expect(with(6, Tensor(edgepipe::ops::kGruElementTypeUInt16, {static_cast<int32_t>(r_cols.size())},
+                        r_cols)),
+         "input 6 (r_col_indices): column 4");
+
+  std::vector<float> scales = m.w_scales;
+  scales[3] = NAN;
+  expect(with(4, Tensor(kLiteRtElementTypeFloat32, {12}, scales)),
+         "input 4 (w_scales): scale of row 3 is not finite");
+  scales[3] = INFINITY;
+  expect(with(4, Tensor(kLiteRtElementTypeFloat32, {12}, scales)), "not finite");
+  expect(with(8, GruTensor()), "input 8 (r_scales) is missing");
+
+  t = good[9];
+  t.dims = {12};
+  expect(with(9, t), "(reset_after = true)");
+
+  // Options decide which inputs exist.
+  Model f = m;
+  f.options.precision = GruPrecision::kFloat32;
+  std::vector<GruTensor> in = good;
+  in[1].type = in[5].type = kLiteRtElementTypeFloat32;
+  in[1].size *= 4;
+  in[5].size *= 4;
+  expect(CheckError(f, in), "input 4 (w_scales) must be absent (index -1) for precision 'float32'");
+  Model d = m;
+  d.options.format = GruFormat::kDense;
+  expect(CheckError(d, good), "input 1 (w_values) has shape");
+  in = Inputs(RandomModel({4, 6, true, false, GruPrecision::kInt8, GruFormat::kDense}, 1, 2, 3,
+                          0, &w, &r));
+  in[2] = good[2];
+  expect(CheckError(d, in), "input 2 (w_col_indices) must be absent (index -1) for format 'dense'");
+  Model no_reset = m;
+  no_reset.options.reset_after = false;
+  expect(CheckError(no_reset, good), "(reset_after = false)");
+
+  // Without constant contents (GetOutputLayouts): shapes only.
+  in = good;
+  for (GruTensor& tensor : in) tensor.data = nullptr;
+  CHECK(CheckSparseGru(m.options, in, 1, edgepipe::ops::GruCheck::kShapes, nullptr).empty(),
+        "shapes only");
+  // The model's x has no data before running; a run's must.
+  in = good;
+  in[0].data = nullptr;
+  CHECK(CheckError(m, in).empty(), "%s", CheckError(m, in).c_str());
+  expect(CheckSparseGru(m.options, in, 1, edgepipe::ops::GruCheck::kRun, nullptr),
+         "input 0 (x) has no data");
+}
+
+}  // namespace
+
+int main() {
+  TestOptions();
+  TestHandComputed();
+  TestFormatsAgree();
+  TestValidation();
+  if (failures) {
+    std::fprintf(stderr, "%d check(s) failed\n", failures);
+    return 1;
+  }
+  std::printf("all checks passed\n");
+  return 0;
+}
