@@ -63,9 +63,7 @@ def _sparse_gru_ops(data: bytes) -> list[dict]:
         inputs = []
         for j in range(op.InputsLength()):
             index = op.Inputs(j)
-            if index < 0:
-                inputs.append(None)
-                continue
+            assert index >= 0, "absent inputs are left out (LiteRT crashes on -1)"
             tensor = graph.Tensors(index)
             buffer = model.Buffers(tensor.Buffer())
             dtype = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.INT8: np.int8,
@@ -80,6 +78,13 @@ def _sparse_gru_ops(data: bytes) -> list[dict]:
                 inputs.append(("activation", shape, dtype))
         options = flexbuffers.Loads(op.CustomOptionsAsNumpy().tobytes())
         assert op.CustomOptionsFormat() == schema.CustomOptionsFormat.FLEXBUFFERS
+        # Back into the contract's ten slots: csr adds column indices and row
+        # pointers, int8 adds the scales.
+        csr, int8 = options["format"] == "csr", options["precision"] == "int8"
+        present = [True, True, csr, csr, int8, True, csr, csr, int8, True]
+        assert len(inputs) == sum(present)
+        given = iter(inputs)
+        inputs = [next(given) if p else None for p in present]
         found.append({"options": options, "inputs": inputs})
     return found
 

@@ -16,7 +16,7 @@ enum Input : std::size_t {
   kBias,
 };
 
-const char* const kInputNames[kGruNumInputs] = {
+const char* const kInputNames[kGruNumSlots] = {
     "x", "w_values", "w_col_indices", "w_row_ptr", "w_scales",
     "r_values", "r_col_indices", "r_row_ptr", "r_scales", "bias"};
 
@@ -62,8 +62,7 @@ const char* TypeName(LiteRtElementType type) {
 std::string CheckArray(const std::vector<GruTensor>& inputs, std::size_t index,
                        LiteRtElementType type, const std::vector<int64_t>& dims, GruCheck mode) {
   const GruTensor& tensor = inputs[index];
-  if (!tensor.present) return Label(index) + " is missing";
-  if (tensor.type != type) {
+  if (mode != GruCheck::kShapes && tensor.type != type) {
     return Label(index) + " must be " + TypeName(type) + ", got " + TypeName(tensor.type);
   }
   bool shape_ok = tensor.dims.size() == dims.size();
@@ -95,12 +94,6 @@ std::string CheckArray(const std::vector<GruTensor>& inputs, std::size_t index,
   return "";
 }
 
-std::string CheckAbsent(const std::vector<GruTensor>& inputs, std::size_t index,
-                        const char* why) {
-  if (inputs[index].present) return Label(index) + " must be absent (index -1) " + why;
-  return "";
-}
-
 // Checks one of W / R (inputs first..first+3) and fills `*matrix`.
 std::string CheckMatrix(const SparseGruOptions& options, const std::vector<GruTensor>& inputs,
                         std::size_t first, int64_t rows, int64_t cols, GruCheck mode,
@@ -113,9 +106,7 @@ std::string CheckMatrix(const SparseGruOptions& options, const std::vector<GruTe
   matrix->rows = rows;
   matrix->cols = cols;
   if (options.format == GruFormat::kDense) {
-    if (!(problem = CheckArray(inputs, values, value_type, {rows, cols}, mode)).empty() ||
-        !(problem = CheckAbsent(inputs, col_indices, "for format 'dense'")).empty() ||
-        !(problem = CheckAbsent(inputs, row_ptr, "for format 'dense'")).empty()) {
+    if (!(problem = CheckArray(inputs, values, value_type, {rows, cols}, mode)).empty()) {
       return problem;
     }
   } else {
@@ -177,8 +168,6 @@ std::string CheckMatrix(const SparseGruOptions& options, const std::vector<GruTe
       }
     }
     matrix->scales = scale;
-  } else if (!(problem = CheckAbsent(inputs, scales, "for precision 'float32'")).empty()) {
-    return problem;
   }
   matrix->values = inputs[values].data;
   return "";
@@ -262,36 +251,63 @@ void ProjectAll(const GruMatrix& m, const float* xt, int64_t count, float* out) 
 
 float Sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
 
-// The configuration tensors imply (options do not travel with LiteRT's
-// callbacks). Types are unknown to GetOutputLayouts: `types_known` false.
-SparseGruOptions ImpliedOptions(const std::vector<GruTensor>& inputs, std::size_t output_rank,
-                                bool types_known) {
-  SparseGruOptions implied;
-  const GruTensor& x = inputs[kX];
-  const GruTensor& bias = inputs[kBias];
-  if (x.dims.size() == 3) implied.input_size = x.dims[2];
-  implied.reset_after = bias.dims.size() == 2;
-  if (!bias.dims.empty()) implied.units = bias.dims.back() / 3;
-  implied.return_sequences = output_rank == 3;
-  implied.format = inputs[kWValues].dims.size() == 1 ? GruFormat::kCsr : GruFormat::kDense;
-  implied.precision = types_known && inputs[kWValues].type == kLiteRtElementTypeInt8
-                          ? GruPrecision::kInt8
-                          : GruPrecision::kFloat32;
-  return implied;
+// The configuration the given (present) inputs imply: options do not travel
+// with LiteRT's callbacks. Input count gives format and precision, x the
+// input size, bias the units and reset_after, the output rank
+// return_sequences. False when the count fits no configuration.
+bool ImpliedOptions(const std::vector<GruTensor>& given, std::size_t output_rank,
+                    SparseGruOptions* implied) {
+  bool known = false;
+  for (GruFormat format : {GruFormat::kCsr, GruFormat::kDense}) {
+    for (GruPrecision precision : {GruPrecision::kFloat32, GruPrecision::kInt8}) {
+      if (SparseGruInputCount(format, precision) == given.size()) {
+        implied->format = format;
+        implied->precision = precision;
+        known = true;
+      }
+    }
+  }
+  if (!known) return false;
+  const GruTensor& x = given.front();
+  const GruTensor& bias = given.back();
+  implied->input_size = x.dims.size() == 3 ? x.dims[2] : 0;
+  implied->reset_after = bias.dims.size() == 2;
+  implied->units = bias.dims.empty() ? 0 : bias.dims.back() / 3;
+  implied->return_sequences = output_rank == 3;
+  return true;
+}
+
+std::string CountError(std::size_t count) {
+  return "expects 4, 6, 8 or 10 inputs (dense float32, dense int8, csr float32, csr int8), "
+         "got " + std::to_string(count);
 }
 
 }  // namespace
 
-std::string CheckSparseGru(const SparseGruOptions& options, const std::vector<GruTensor>& inputs,
+std::size_t SparseGruInputCount(GruFormat format, GruPrecision precision) {
+  return 4 + (format == GruFormat::kCsr ? 4 : 0) + (precision == GruPrecision::kInt8 ? 2 : 0);
+}
+
+std::string CheckSparseGru(const SparseGruOptions& options, const std::vector<GruTensor>& given,
                            std::size_t num_outputs, GruCheck mode, GruProblem* problem) {
-  if (inputs.size() != kGruNumInputs) {
-    // LiteRT 2.3.0 leaves inputs of index -1 out of the op it shows and
-    // crashes (SIGSEGV in LiteRtRunCompiledModel) running an op that has one,
-    // so such a model must be stopped here, before it is compiled.
-    return "expects " + std::to_string(kGruNumInputs) + " inputs, got " +
-           std::to_string(inputs.size()) +
-           " (LiteRT drops absent inputs of index -1 and crashes running the op: every input "
-           "must be a tensor)";
+  const std::size_t count = SparseGruInputCount(options.format, options.precision);
+  if (given.size() != count) {
+    return "expects " + std::to_string(count) + " inputs for format '" +
+           (options.format == GruFormat::kCsr ? "csr" : "dense") + "' and precision '" +
+           (options.precision == GruPrecision::kInt8 ? "int8" : "float32") +
+           "' (absent inputs left out), got " + std::to_string(given.size());
+  }
+  // Into the contract's slots; the absent ones stay empty and unread.
+  const bool csr = options.format == GruFormat::kCsr;
+  const bool int8 = options.precision == GruPrecision::kInt8;
+  std::vector<GruTensor> inputs(kGruNumSlots);
+  std::size_t next = 0;
+  for (std::size_t slot = 0; slot < kGruNumSlots; ++slot) {
+    const bool is_csr_array = slot == kWCols || slot == kWRowPtr || slot == kRCols ||
+                              slot == kRRowPtr;
+    const bool is_scale = slot == kWScales || slot == kRScales;
+    if ((is_csr_array && !csr) || (is_scale && !int8)) continue;
+    inputs[slot] = given[next++];
   }
   if (num_outputs != 1) return "expects 1 output, got " + std::to_string(num_outputs);
   const int64_t units = options.units, features = options.input_size, gates = 3 * options.units;
@@ -407,7 +423,6 @@ std::string SparseGruKernel::Validate(const runtime::CustomOpSite& site) const {
   std::vector<GruTensor> inputs;
   for (const runtime::OpInput& input : site.inputs) {
     GruTensor tensor;
-    tensor.present = input.ranked;
     tensor.type = input.element_type;
     tensor.dims = input.dims;
     tensor.data = input.data;
@@ -462,42 +477,25 @@ LiteRtStatus SparseGruKernel::OutputLayouts(void* user_data, std::size_t num_inp
                                             LiteRtLayout* output_layouts) {
   auto* self = static_cast<SparseGruKernel*>(user_data);
   std::lock_guard<std::mutex> lock(self->mutex_);
-  if (num_inputs != kGruNumInputs || num_outputs != 1 || !input_layouts || !output_layouts) {
-    self->AddError("expects 10 inputs and 1 output, got " + std::to_string(num_inputs) +
-                   " and " + std::to_string(num_outputs));
-    return kLiteRtStatusErrorInvalidArgument;
+  std::vector<GruTensor> inputs(input_layouts ? num_inputs : 0);
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    const unsigned rank = std::min<unsigned>(input_layouts[i].rank, LITERT_TENSOR_MAX_RANK);
+    inputs[i].dims.assign(input_layouts[i].dimensions, input_layouts[i].dimensions + rank);
   }
-  std::vector<GruTensor> inputs(kGruNumInputs);
-  for (std::size_t i = 0; i < kGruNumInputs; ++i) {
-    const LiteRtLayout& layout = input_layouts[i];
-    inputs[i].present = layout.rank > 0;
-    const unsigned rank = std::min<unsigned>(layout.rank, LITERT_TENSOR_MAX_RANK);
-    inputs[i].dims.assign(layout.dimensions, layout.dimensions + rank);
+  SparseGruOptions implied;
+  if (num_outputs != 1 || !output_layouts || !ImpliedOptions(inputs, 0, &implied)) {
+    self->AddError(CountError(num_inputs) + " and 1 output, got " + std::to_string(num_outputs));
+    return kLiteRtStatusErrorInvalidArgument;
   }
   // Ops are prepared in the order they were initialized; the first op from
   // the cursor on whose options fit these shapes is this one.
-  const SparseGruOptions implied = ImpliedOptions(inputs, 0, false);
   const std::size_t count = self->ops_.size();
   for (std::size_t n = 0; n < count; ++n) {
     const std::size_t index = (self->prepare_cursor_ + n) % count;
-    SparseGruOptions candidate = self->ops_[index];
-    // Shapes alone do not show precision or return_sequences.
-    SparseGruOptions shape_only = implied;
-    shape_only.precision = candidate.precision;
+    const SparseGruOptions& candidate = self->ops_[index];
+    SparseGruOptions shape_only = implied;  // shapes do not show return_sequences
     shape_only.return_sequences = candidate.return_sequences;
     if (!(candidate == shape_only)) continue;
-    for (std::size_t i = 0; i < kGruNumInputs; ++i) {
-      // Types are not in layouts: claim the ones the options ask for so only
-      // shapes are checked here (Run checks types).
-      const bool int8 = candidate.precision == GruPrecision::kInt8;
-      const LiteRtElementType types[kGruNumInputs] = {
-          kLiteRtElementTypeFloat32, int8 ? kLiteRtElementTypeInt8 : kLiteRtElementTypeFloat32,
-          kGruElementTypeUInt16, kLiteRtElementTypeInt32, kLiteRtElementTypeFloat32,
-          int8 ? kLiteRtElementTypeInt8 : kLiteRtElementTypeFloat32,
-          kGruElementTypeUInt16, kLiteRtElementTypeInt32, kLiteRtElementTypeFloat32,
-          kLiteRtElementTypeFloat32};
-      inputs[i].type = types[i];
-    }
     GruProblem problem;
     const std::string error = CheckSparseGru(candidate, inputs, 1, GruCheck::kShapes, &problem);
     if (!error.empty()) {
@@ -513,7 +511,7 @@ LiteRtStatus SparseGruKernel::OutputLayouts(void* user_data, std::size_t num_inp
     return kLiteRtStatusOk;
   }
   self->AddError("no initialized SparseGRU op has options that fit input shapes x " +
-                 DimsText(inputs[kX].dims) + ", bias " + DimsText(inputs[kBias].dims));
+                 DimsText(inputs.front().dims) + ", bias " + DimsText(inputs.back().dims));
   return kLiteRtStatusErrorInvalidArgument;
 }
 
@@ -530,9 +528,8 @@ LiteRtStatus SparseGruKernel::Run(void* user_data, std::size_t num_inputs,
 
 std::string SparseGruKernel::RunLocked(std::size_t num_inputs, const LiteRtTensorBuffer* inputs,
                                        std::size_t num_outputs, LiteRtTensorBuffer* outputs) {
-  if (num_inputs != kGruNumInputs || num_outputs != 1 || !inputs || !outputs || !outputs[0]) {
-    return "expects 10 inputs and 1 output, got " + std::to_string(num_inputs) + " and " +
-           std::to_string(num_outputs);
+  if (num_inputs > kGruNumSlots || num_outputs != 1 || !inputs || !outputs || !outputs[0]) {
+    return CountError(num_inputs) + " and 1 output, got " + std::to_string(num_outputs);
   }
   // Lock every buffer for the whole run; unlock whatever was locked on exit.
   std::vector<LiteRtTensorBuffer> locked;
@@ -553,22 +550,22 @@ std::string SparseGruKernel::RunLocked(std::size_t num_inputs, const LiteRtTenso
       return false;
     }
     locked.push_back(buffer);
-    tensor->present = true;
     tensor->type = type.element_type;
     tensor->dims.assign(type.layout.dimensions, type.layout.dimensions + type.layout.rank);
     tensor->data = host;
     return host != nullptr || tensor->size == 0;
   };
-  std::vector<GruTensor> tensors(kGruNumInputs);
-  for (std::size_t i = 0; i < kGruNumInputs; ++i) {
-    if (inputs[i] && !map(inputs[i], kLiteRtTensorBufferLockModeRead, &tensors[i])) {
-      return "cannot map " + Label(i);
+  std::vector<GruTensor> tensors(num_inputs);
+  for (std::size_t i = 0; i < num_inputs; ++i) {
+    if (!inputs[i] || !map(inputs[i], kLiteRtTensorBufferLockModeRead, &tensors[i])) {
+      return "cannot map input " + std::to_string(i);
     }
   }
   GruTensor output;
   if (!map(outputs[0], kLiteRtTensorBufferLockModeWrite, &output)) return "cannot map the output";
 
-  const SparseGruOptions implied = ImpliedOptions(tensors, output.dims.size(), true);
+  SparseGruOptions implied;
+  if (!ImpliedOptions(tensors, output.dims.size(), &implied)) return CountError(num_inputs);
   bool initialized = false;
   for (const SparseGruOptions& options : ops_) initialized = initialized || options == implied;
   if (!initialized) {

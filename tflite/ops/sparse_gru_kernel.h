@@ -25,13 +25,16 @@ namespace ops {
 
 // TfLiteType numbering; android_bench/litert_c_api.h does not name uint16.
 constexpr LiteRtElementType kGruElementTypeUInt16 = 17;
-constexpr std::size_t kGruNumInputs = 10;
+// Input slots of the contract's table (0 x ... 9 bias).
+constexpr std::size_t kGruNumSlots = 10;
 
-// One op input as the checks see it. `present` is false for an absent
-// optional input (tensor index -1); `data` is null for a tensor computed at
+// How many inputs an op has: LiteRT shows only the present ones (4 dense
+// float32, 6 dense int8, 8 csr float32, 10 csr int8).
+std::size_t SparseGruInputCount(GruFormat format, GruPrecision precision);
+
+// One op input as the checks see it; `data` is null for a tensor computed at
 // run time (or an empty constant).
 struct GruTensor {
-  bool present = false;
   LiteRtElementType type = kLiteRtElementTypeNone;
   std::vector<int32_t> dims;
   const void* data = nullptr;
@@ -65,7 +68,8 @@ enum class GruCheck {
   kRun,        // a run: every input has data
 };
 
-// Checks the op's inputs against its options: count, presence, types, shapes,
+// Checks the op's inputs (the present ones, in the contract's order) against
+// its options: count, types, shapes,
 // sizes, and (where `data` is set) the contents: CSR row pointers and column
 // indices, finite scales. Returns "" or the problem.
 std::string CheckSparseGru(const SparseGruOptions& options,

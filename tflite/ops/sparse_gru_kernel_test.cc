@@ -205,7 +205,6 @@ struct Model {
 template <typename T>
 GruTensor Tensor(LiteRtElementType type, std::vector<int32_t> dims, const std::vector<T>& data) {
   GruTensor t;
-  t.present = true;
   t.type = type;
   t.dims = std::move(dims);
   t.data = data.empty() ? nullptr : data.data();
@@ -213,30 +212,31 @@ GruTensor Tensor(LiteRtElementType type, std::vector<int32_t> dims, const std::v
   return t;
 }
 
+// The op's inputs as LiteRT shows them: the present ones, in contract order.
 std::vector<GruTensor> Inputs(const Model& m) {
   const auto& o = m.options;
   const int u = static_cast<int>(o.units), f = static_cast<int>(o.input_size);
   const bool csr = o.format == GruFormat::kCsr, int8 = o.precision == GruPrecision::kInt8;
-  std::vector<GruTensor> in(10);
-  in[0] = Tensor(kLiteRtElementTypeFloat32, {m.batch, m.steps, f}, m.x);
-  auto matrix = [&](size_t first, int cols, const std::vector<float>& vf,
-                    const std::vector<int8_t>& vi, const std::vector<uint16_t>& c,
-                    const std::vector<int32_t>& p, const std::vector<float>& s) {
+  std::vector<GruTensor> in;
+  in.push_back(Tensor(kLiteRtElementTypeFloat32, {m.batch, m.steps, f}, m.x));
+  auto matrix = [&](int cols, const std::vector<float>& vf, const std::vector<int8_t>& vi,
+                    const std::vector<uint16_t>& c, const std::vector<int32_t>& p,
+                    const std::vector<float>& s) {
     const int nnz = static_cast<int>(int8 ? vi.size() : vf.size());
     const std::vector<int32_t> dims = csr ? std::vector<int32_t>{nnz} : std::vector<int32_t>{3 * u, cols};
-    in[first] = int8 ? Tensor(kLiteRtElementTypeInt8, dims, vi)
-                     : Tensor(kLiteRtElementTypeFloat32, dims, vf);
+    in.push_back(int8 ? Tensor(kLiteRtElementTypeInt8, dims, vi)
+                      : Tensor(kLiteRtElementTypeFloat32, dims, vf));
     if (csr) {
-      in[first + 1] = Tensor(edgepipe::ops::kGruElementTypeUInt16, {nnz}, c);
-      in[first + 2] = Tensor(kLiteRtElementTypeInt32, {3 * u + 1}, p);
+      in.push_back(Tensor(edgepipe::ops::kGruElementTypeUInt16, {nnz}, c));
+      in.push_back(Tensor(kLiteRtElementTypeInt32, {3 * u + 1}, p));
     }
-    if (int8) in[first + 3] = Tensor(kLiteRtElementTypeFloat32, {3 * u}, s);
+    if (int8) in.push_back(Tensor(kLiteRtElementTypeFloat32, {3 * u}, s));
   };
-  matrix(1, f, m.w_float, m.w_int8, m.w_cols, m.w_ptr, m.w_scales);
-  matrix(5, u, m.r_float, m.r_int8, m.r_cols, m.r_ptr, m.r_scales);
-  in[9] = Tensor(kLiteRtElementTypeFloat32,
-                 o.reset_after ? std::vector<int32_t>{2, 3 * u} : std::vector<int32_t>{3 * u},
-                 m.bias);
+  matrix(f, m.w_float, m.w_int8, m.w_cols, m.w_ptr, m.w_scales);
+  matrix(u, m.r_float, m.r_int8, m.r_cols, m.r_ptr, m.r_scales);
+  in.push_back(Tensor(kLiteRtElementTypeFloat32,
+                      o.reset_after ? std::vector<int32_t>{2, 3 * u} : std::vector<int32_t>{3 * u},
+                      m.bias));
   return in;
 }
 
@@ -427,9 +427,9 @@ void TestValidation() {
     CHECK(Contains(error, needle), "wanted '%s', got '%s'", needle, error.c_str());
   };
   std::vector<GruTensor> fewer(good.begin(), good.end() - 1);
-  expect(CheckError(m, fewer), "expects 10 inputs");
+  expect(CheckError(m, fewer),
+         "expects 10 inputs for format 'csr' and precision 'int8' (absent inputs left out), got 9");
   expect(CheckError(m, good, 2), "expects 1 output");
-  expect(with(9, GruTensor()), "input 9 (bias) is missing");
 
   GruTensor t = good[0];
   t.type = kLiteRtElementTypeInt8;
@@ -498,7 +498,7 @@ void TestValidation() {
          "input 4 (w_scales): scale of row 3 is not finite");
   scales[3] = INFINITY;
   expect(with(4, Tensor(kLiteRtElementTypeFloat32, {12}, scales)), "not finite");
-  expect(with(8, GruTensor()), "input 8 (r_scales) is missing");
+  expect(with(8, GruTensor()), "input 8 (r_scales) must be float32, got another type");
 
   t = good[9];
   t.dims = {12};
@@ -507,25 +507,24 @@ void TestValidation() {
   // Options decide which inputs exist.
   Model f = m;
   f.options.precision = GruPrecision::kFloat32;
-  std::vector<GruTensor> in = good;
-  in[1].type = in[5].type = kLiteRtElementTypeFloat32;
-  in[1].size *= 4;
-  in[5].size *= 4;
-  expect(CheckError(f, in), "input 4 (w_scales) must be absent (index -1) for precision 'float32'");
+  expect(CheckError(f, good), "expects 8 inputs for format 'csr' and precision 'float32'");
   Model d = m;
   d.options.format = GruFormat::kDense;
-  expect(CheckError(d, good), "input 1 (w_values) has shape");
-  in = Inputs(RandomModel({4, 6, true, false, GruPrecision::kInt8, GruFormat::kDense}, 1, 2, 3,
-                          0, &w, &r));
-  in[2] = good[2];
-  expect(CheckError(d, in), "input 2 (w_col_indices) must be absent (index -1) for format 'dense'");
+  expect(CheckError(d, good), "expects 6 inputs for format 'dense' and precision 'int8'");
+  std::vector<GruTensor> in = good;
+  in.erase(in.begin() + 6, in.begin() + 8);  // r's csr arrays
+  in.erase(in.begin() + 2, in.begin() + 4);  // w's
+  expect(CheckError(d, in), "input 1 (w_values) has shape");
   Model no_reset = m;
   no_reset.options.reset_after = false;
   expect(CheckError(no_reset, good), "(reset_after = false)");
 
-  // Without constant contents (GetOutputLayouts): shapes only.
+  // Without constant contents or types (GetOutputLayouts): shapes only.
   in = good;
-  for (GruTensor& tensor : in) tensor.data = nullptr;
+  for (GruTensor& tensor : in) {
+    tensor.data = nullptr;
+    tensor.type = kLiteRtElementTypeNone;
+  }
   CHECK(CheckSparseGru(m.options, in, 1, edgepipe::ops::GruCheck::kShapes, nullptr).empty(),
         "shapes only");
   // The model's x has no data before running; a run's must.

@@ -261,8 +261,11 @@ def _rewrite(data: bytes, ops: dict[float, tuple[LoweredGru, list]]) -> bytes:
         info, arrays = ops[marker]
         x = _marked_input(model, graph, names, producer, op.inputs[1], marker)
         op.opcodeIndex = sparse_code
+        # Absent inputs are left out, not -1: LiteRT 2.3.0 crashes (SIGSEGV in
+        # LiteRtRunCompiledModel) running a custom op with a -1 input; the
+        # kernel places the present ones by format and precision.
         op.inputs = [x] + [_add_constant(model, graph, f"{info.layer}/{item[0]}", item[1])
-                           if item else -1 for item in arrays]
+                           for item in arrays if item]
         op.builtinOptionsType, op.builtinOptions = schema.BuiltinOptions.NONE, None
         op.customOptions = list(custom_options(info))
         op.customOptionsFormat = schema.CustomOptionsFormat.FLEXBUFFERS

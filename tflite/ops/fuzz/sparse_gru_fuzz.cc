@@ -6,11 +6,9 @@
 //
 // Input layout (little-endian), mirrored by the seed writer in that test:
 //   u16 options size, options bytes,
-//   10 × { u8 presence, u8 element type, u8 rank, rank × i32 dims,
+//   10 × { u8 present, u8 element type, u8 rank, rank × i32 dims,
 //          u32 data size, data },
-// presence 0 leaves the input out (what LiteRT shows for index -1), 1 is a
-// tensor, 2 keeps the slot as an absent input (the contract's -1), so the
-// checks and the computation of every precision and format are reached.
+// an input not present is left out, as LiteRT shows an absent one.
 //   u8 number of outputs.
 
 #include <cstddef>
@@ -64,12 +62,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // Each array in memory of its own, exactly its claimed size (8-byte aligned
   // as the model's constants are), so AddressSanitizer sees any overread.
   std::vector<std::vector<uint64_t>> storage;
-  storage.reserve(edgepipe::ops::kGruNumInputs);
-  for (size_t i = 0; i < edgepipe::ops::kGruNumInputs; ++i) {
+  storage.reserve(edgepipe::ops::kGruNumSlots);
+  for (size_t i = 0; i < edgepipe::ops::kGruNumSlots; ++i) {
     uint8_t present = 0, type = 0, rank = 0;
     if (!in.Read(&present) || !in.Read(&type) || !in.Read(&rank) || rank > 8) return 0;
     edgepipe::runtime::OpInput input;
-    input.ranked = true;
     input.element_type = type;
     for (uint8_t d = 0; d < rank; ++d) {
       int32_t dim = 0;
@@ -86,7 +83,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       input.size = bytes;
     }
     if (present) site.inputs.push_back(std::move(input));
-    if (present == 2) site.inputs.back().ranked = false;
   }
   uint8_t outputs = 1;
   in.Read(&outputs);
@@ -102,7 +98,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::vector<edgepipe::ops::GruTensor> tensors;
   for (const auto& input : site.inputs) {
     edgepipe::ops::GruTensor tensor;
-    tensor.present = input.ranked;
     tensor.type = input.element_type;
     tensor.dims = input.dims;
     tensor.data = input.data;
