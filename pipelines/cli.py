@@ -40,7 +40,14 @@ flags.DEFINE_list("threads", ["1"], "bench/run: thread counts, e.g. 1,2,4.")
 flags.DEFINE_integer("warmup_runs", 5, "bench: untimed runs before measuring.")
 flags.DEFINE_integer("num_runs", 50, "bench: timed runs (at least).")
 flags.DEFINE_float("min_secs", 0.0, "bench: keep running until this many seconds have passed.")
-flags.DEFINE_string("json_output", None, "bench: also write the results as JSON to this file.")
+flags.DEFINE_string("json_output", None, "bench/bench-ops: also write the results as JSON to "
+                    "this file.")
+# bench-ops
+flags.DEFINE_string("op", "sparse_gru", "bench-ops: the custom op to benchmark.")
+flags.DEFINE_list("hidden", ["256", "512", "1024"], "bench-ops: layer sizes (input = hidden).")
+flags.DEFINE_list("sparsities", ["0", "0.5", "0.8", "0.9", "0.95"], "bench-ops: weight "
+                  "sparsities of the custom op.")
+flags.DEFINE_integer("steps", 50, "bench-ops: sequence length.")
 
 
 def _yaml_value(text: str):
@@ -132,8 +139,28 @@ def command_bench(args: list[str]) -> None:
                                                         indent=2) + "\n")
 
 
+def command_bench_ops(args: list[str]) -> None:
+    from android_bench.runner import RunSettings
+    from core import atomic
+    from pipelines.bench_ops import bench_op, format_table
+
+    try:
+        sparsities = [float(s) for s in FLAGS.sparsities]
+    except ValueError:
+        raise UserError(f"--sparsities takes fractions, got {','.join(FLAGS.sparsities)!r}.") \
+            from None
+    if not all(0 <= s < 1 for s in sparsities):
+        raise UserError("--sparsities must be fractions in [0, 1), e.g. 0,0.5,0.9.")
+    settings = RunSettings(warmup_runs=FLAGS.warmup_runs, num_runs=FLAGS.num_runs,
+                           min_secs=FLAGS.min_secs, extra_args=("--warmup_min_secs=0",))
+    rows = bench_op(FLAGS.op, _ints(FLAGS.hidden, "hidden"), sparsities, FLAGS.steps, settings)
+    print(format_table(rows))
+    if FLAGS.json_output:
+        atomic.write_json(FLAGS.json_output, rows)
+
+
 COMMANDS = {"run": command_run, "inspect": command_inspect, "summary": command_summary,
-            "bench": command_bench}
+            "bench": command_bench, "bench-ops": command_bench_ops}
 
 USAGE = """usage: edgepipe COMMAND [flags]
 
@@ -142,6 +169,7 @@ commands:
   inspect   show ops, tensors, quantization and sparsity of a .tflite file
   summary   parameters and mult-adds per layer of a model builder
   bench     benchmark a .tflite file on the host and/or Android devices over ADB
+  bench-ops benchmark a custom op against the builtin path of the same layer
 
 `edgepipe COMMAND --help` lists the flags."""
 
