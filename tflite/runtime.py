@@ -27,22 +27,8 @@ class ModelRunner(Protocol):
     input_details: list[dict[str, Any]]
     output_details: list[dict[str, Any]]
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Run every sample of `x` (any count) and return float outputs."""
-        return predict_batched(x, self.input_details[0], self.output_details[0],
-                               self.batch_size, self._label, self._run_batch)
-
-    def _run_batch(self, model_input: np.ndarray) -> np.ndarray:
-        self._interpreter.set_tensor(self.input_details[0]["index"], model_input)
-        self._invoke()
-        return self._interpreter.get_tensor(self.output_details[0]["index"])
-
-    def set_example_input(self, seed: int = 0) -> None:
-        """Fill the input with random values of its dtype, for benchmarking."""
-        inp = self.input_details[0]
-        value = example_input(tuple(inp["shape"]), np.dtype(inp["dtype"]), seed)
-        self._interpreter.set_tensor(inp["index"], value)
-
+    def predict(self, x: np.ndarray) -> np.ndarray: ...
+    def set_example_input(self, seed: int = 0) -> None: ...
     def invoke_timed(self) -> float: ...
 
 
@@ -73,42 +59,18 @@ class TfliteRunner:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Run every sample of `x` (any count) and return float outputs."""
-        x = np.asarray(x)
-        inp, out = self.input_details[0], self.output_details[0]
-        sample_shape = tuple(int(d) for d in inp["shape"][1:])
-        if tuple(x.shape[1:]) != sample_shape:
-            raise UserError(
-                f"input shape {x.shape} does not fit {self._label}, which expects "
-                f"(samples, {', '.join(map(str, sample_shape))})"
-            )
-        batch = self.batch_size
-        results = []
-        for start in range(0, len(x), batch):
-            chunk = x[start:start + batch]
-            count = len(chunk)
-            if count < batch:  # pad the last chunk; the padded rows are dropped below
-                padding = np.zeros((batch - count, *sample_shape), dtype=chunk.dtype)
-                chunk = np.concatenate([chunk, padding])
-            self._interpreter.set_tensor(inp["index"], _to_model_input(chunk, inp))
-            self._invoke()
-            results.append(_to_float(self._interpreter.get_tensor(out["index"]), out)[:count])
-        if not results:
-            return np.zeros((0, *out["shape"][1:]), dtype=np.float32)
-        return np.concatenate(results)
+        return predict_batched(x, self.input_details[0], self.output_details[0],
+                               self.batch_size, self._label, self._run_batch)
+
+    def _run_batch(self, model_input: np.ndarray) -> np.ndarray:
+        self._interpreter.set_tensor(self.input_details[0]["index"], model_input)
+        self._invoke()
+        return self._interpreter.get_tensor(self.output_details[0]["index"])
 
     def set_example_input(self, seed: int = 0) -> None:
         """Fill the input with random values of its dtype, for benchmarking."""
         inp = self.input_details[0]
-        rng = np.random.default_rng(seed)
-        dtype = np.dtype(inp["dtype"])
-        shape = tuple(inp["shape"])
-        if np.issubdtype(dtype, np.floating):
-            value = rng.random(shape, dtype=np.float32).astype(dtype)
-        elif dtype == np.bool_:
-            value = np.zeros(shape, dtype)
-        else:
-            # Small non-negative integers stay valid as token indices too.
-            value = rng.integers(0, 2, size=shape).astype(dtype)
+        value = example_input(tuple(inp["shape"]), np.dtype(inp["dtype"]), seed)
         self._interpreter.set_tensor(inp["index"], value)
 
     def invoke_timed(self) -> float:
