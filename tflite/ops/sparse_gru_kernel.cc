@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 namespace edgepipe {
@@ -173,83 +174,193 @@ std::string CheckMatrix(const SparseGruOptions& options, const std::vector<GruTe
   return "";
 }
 
-// Dot product of a dense row with x; independent partial sums let the
-// compiler vectorize without reassociating one long sum.
+// Dense mat-vec: each row keeps eight independent partial sums, so the
+// compiler vectorizes without reassociating one long sum; int8 rows are
+// converted to float a block at a time (a vectorized loop of its own), and
+// the caller applies the scale once per row.
 template <typename T>
-float DenseDot(const T* row, const float* x, int64_t n) {
+void DenseRows(const T* m, int64_t cols, int64_t rows, const float* v, float* y) {
   constexpr int kLanes = 8;
-  float partial[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) {
-    for (int k = 0; k < kLanes; ++k) partial[k] += static_cast<float>(row[j + k]) * x[j + k];
+  const int64_t main = cols - cols % kLanes;
+  int64_t row = 0;
+  for (; row < rows; ++row) {
+    const T* w = m + row * cols;
+    float p[kLanes] = {};
+    int64_t j = 0;
+    constexpr int kBlock = 64;
+    for (; j + kBlock <= main; j += kBlock) {
+      float wf[kBlock];
+      for (int k = 0; k < kBlock; ++k) wf[k] = static_cast<float>(w[j + k]);
+      for (int b = 0; b < kBlock; b += kLanes) {
+        for (int k = 0; k < kLanes; ++k) p[k] += wf[b + k] * v[j + b + k];
+      }
+    }
+    for (; j < main; j += kLanes) {
+      for (int k = 0; k < kLanes; ++k) p[k] += static_cast<float>(w[j + k]) * v[j + k];
+    }
+    float sum = 0;
+    for (; j < cols; ++j) sum += static_cast<float>(w[j]) * v[j];
+    for (int k = 0; k < kLanes; ++k) sum += p[k];
+    y[row] = sum;
   }
-  float sum = 0;
-  for (; j < n; ++j) sum += static_cast<float>(row[j]) * x[j];
-  for (int k = 0; k < kLanes; ++k) sum += partial[k];
-  return sum;
 }
 
-// Four partial sums: one sum would wait on the add latency at every entry.
-template <typename T>
-float SparseDot(const T* values, const uint16_t* cols, int32_t begin, int32_t end,
-                const float* x) {
-  float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-  int32_t k = begin;
-  for (; k + 4 <= end; k += 4) {
-    s0 += static_cast<float>(values[k]) * x[cols[k]];
-    s1 += static_cast<float>(values[k + 1]) * x[cols[k + 1]];
-    s2 += static_cast<float>(values[k + 2]) * x[cols[k + 2]];
-    s3 += static_cast<float>(values[k + 3]) * x[cols[k + 3]];
+// Eight partial sums: one sum would wait on the add latency at every entry.
+// Four column indices come in each 64-bit load (fewer loads per entry, which
+// bound this loop), and the four products form one vector.
+inline float SparseDot(const float* values, const uint16_t* cols, int64_t n, const float* x) {
+  float acc[8] = {};
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    uint64_t c[2];
+    std::memcpy(c, cols + k, sizeof(c));
+    uint16_t ci[8];
+    std::memcpy(ci, c, sizeof(ci));
+    const float g[8] = {x[ci[0]], x[ci[1]], x[ci[2]], x[ci[3]],
+                        x[ci[4]], x[ci[5]], x[ci[6]], x[ci[7]]};
+    for (int i = 0; i < 8; ++i) acc[i] += values[k + i] * g[i];
   }
-  for (; k < end; ++k) s0 += static_cast<float>(values[k]) * x[cols[k]];
-  return (s0 + s1) + (s2 + s3);
+  for (int i = 0; i < 4; ++i) acc[i] += acc[i + 4];
+  for (; k < n; ++k) acc[0] += values[k] * x[cols[k]];
+  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
 // y[i] = (M v)[row_begin + i] for rows [row_begin, row_end).
 template <typename T>
-void MatVec(const GruMatrix& m, int64_t row_begin, int64_t row_end, const float* v, float* y) {
+void MatVec(const GruMatrix& m, int64_t row_begin, int64_t row_end, const float* v, float* y,
+            float* row_buf) {
   const T* values = static_cast<const T*>(m.values);
-  for (int64_t row = row_begin; row < row_end; ++row) {
-    float sum = m.row_ptr
-                    ? SparseDot(values, m.col_indices, m.row_ptr[row], m.row_ptr[row + 1], v)
-                    : DenseDot(values + row * m.cols, v, m.cols);
-    if (m.scales) sum *= m.scales[row];
-    y[row - row_begin] = sum;
-  }
-}
-
-void MatVecRows(const GruMatrix& m, int64_t row_begin, int64_t row_end, const float* v, float* y) {
-  if (m.scales) {
-    MatVec<int8_t>(m, row_begin, row_end, v, y);
-  } else {
-    MatVec<float>(m, row_begin, row_end, v, y);
-  }
-}
-
-// out[row][s] = (M x_s)[row] for all S inputs at once, from xt = x transposed
-// ([cols][S]): each stored weight is read once for every step, and the inner
-// loop over s is contiguous, so it vectorizes.
-template <typename T>
-void ProjectAll(const GruMatrix& m, const float* xt, int64_t count, float* out) {
-  const T* values = static_cast<const T*>(m.values);
-  for (int64_t row = 0; row < m.rows; ++row) {
-    float* acc = out + row * count;
-    std::fill(acc, acc + count, 0.0f);
-    const int64_t begin = m.row_ptr ? m.row_ptr[row] : row * m.cols;
-    const int64_t end = m.row_ptr ? m.row_ptr[row + 1] : begin + m.cols;
-    for (int64_t k = begin; k < end; ++k) {
-      const float v = static_cast<float>(values[k]);
-      const float* x = xt + (m.row_ptr ? m.col_indices[k] : k - begin) * count;
-      for (int64_t s = 0; s < count; ++s) acc[s] += v * x[s];
+  if (m.row_ptr) {
+    for (int64_t row = row_begin; row < row_end; ++row) {
+      const int32_t begin = m.row_ptr[row];
+      const int64_t n = m.row_ptr[row + 1] - begin;
+      const float* w;
+      if (std::is_same<T, float>::value) {
+        w = reinterpret_cast<const float*>(values + begin);
+      } else {
+        for (int64_t k = 0; k < n; ++k) row_buf[k] = static_cast<float>(values[begin + k]);
+        w = row_buf;
+      }
+      y[row - row_begin] = SparseDot(w, m.col_indices + begin, n, v);
     }
+  } else {
+    DenseRows(values + row_begin * m.cols, m.cols, row_end - row_begin, v, y);
+  }
+  if (m.scales) {
+    for (int64_t row = row_begin; row < row_end; ++row) y[row - row_begin] *= m.scales[row];
+  }
+}
+
+// `row_buf` holds one row (int8 csr: converted to float); the scales apply
+// whenever the matrix has them, also to values already converted to float.
+void MatVecRows(const GruMatrix& m, bool int8_values, int64_t row_begin, int64_t row_end,
+                const float* v, float* y, float* row_buf) {
+  if (int8_values) {
+    MatVec<int8_t>(m, row_begin, row_end, v, y, row_buf);
+  } else {
+    MatVec<float>(m, row_begin, row_end, v, y, row_buf);
+  }
+}
+
+// Steps are handled in blocks of this many (the transposed copies are padded
+// with zeros to a multiple of it).
+constexpr int64_t kStepBlock = 8;
+
+// o[s0 + i] = sum_k w[k] * xt[col_k][s0 + i], i < B (col_k = cols[k], or k
+// when dense): the B sums stay in registers while the row streams by, and
+// the loop over i is contiguous, so it vectorizes.
+template <int B>
+void ProjectRow(const float* w, const uint16_t* cols, int64_t n, const float* xt,
+                int64_t stride, int64_t s0, float* o) {
+  float acc[B] = {};
+  if (cols) {
+    for (int64_t k = 0; k < n; ++k) {
+      const float v = w[k];
+      const float* x = xt + cols[k] * stride + s0;
+      for (int i = 0; i < B; ++i) acc[i] += v * x[i];
+    }
+  } else {
+    for (int64_t k = 0; k < n; ++k) {
+      const float v = w[k];
+      const float* x = xt + k * stride + s0;
+      for (int i = 0; i < B; ++i) acc[i] += v * x[i];
+    }
+  }
+  for (int i = 0; i < B; ++i) o[s0 + i] = acc[i];
+}
+
+// out[row][s] = (M x_s)[row] for all padded steps s < stride (a multiple of
+// kStepBlock), from xt = x transposed ([cols][stride]): each row is read
+// (int8: converted to float in `row_buf`) once for all steps.
+template <typename T>
+void ProjectAll(const GruMatrix& m, const float* xt, int64_t stride, float* out,
+                std::vector<float>* row_buf) {
+  const T* values = static_cast<const T*>(m.values);
+  row_buf->resize(static_cast<std::size_t>(m.cols));
+  for (int64_t row = 0; row < m.rows; ++row) {
+    const int64_t begin = m.row_ptr ? m.row_ptr[row] : row * m.cols;
+    const int64_t n = m.row_ptr ? m.row_ptr[row + 1] - begin : m.cols;
+    const float* w;
+    if (std::is_same<T, float>::value) {
+      w = reinterpret_cast<const float*>(values + begin);
+    } else {
+      float* buf = row_buf->data();
+      for (int64_t k = 0; k < n; ++k) buf[k] = static_cast<float>(values[begin + k]);
+      w = buf;
+    }
+    const uint16_t* cols = m.row_ptr ? m.col_indices + begin : nullptr;
+    float* o = out + row * stride;
+    int64_t s0 = 0;
+    for (; s0 + 16 <= stride; s0 += 16) ProjectRow<16>(w, cols, n, xt, stride, s0, o);
+    for (; s0 < stride; s0 += kStepBlock) ProjectRow<kStepBlock>(w, cols, n, xt, stride, s0, o);
     if (m.scales) {
       const float scale = m.scales[row];
-      for (int64_t s = 0; s < count; ++s) acc[s] *= scale;
+      for (int64_t s = 0; s < stride; ++s) o[s] *= scale;
     }
   }
 }
 
-float Sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
+// exp on an array, vectorizable: Cephes' expf polynomial (about 1 ulp on
+// [-87, 88]; arguments are clamped there, NaN stays NaN) and 2^n built from
+// the exponent bits.
+void ExpInPlace(float* a, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    float x = a[i];
+    x = x > 88.0f ? 88.0f : x;
+    x = x < -87.0f ? -87.0f : x;
+    constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+    const float shifted = x * 1.44269504088896341f + kMagic;
+    const float k = shifted - kMagic;
+    const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    const float e = (p * r) * r + r + 1.0f;
+    uint32_t bits;
+    std::memcpy(&bits, &shifted, sizeof(bits));
+    bits = (bits + 127u) << 23;  // the integer sits in the low mantissa bits
+    float scale;
+    std::memcpy(&scale, &bits, sizeof(scale));
+    a[i] = e * scale;
+  }
+}
+
+// a = sigmoid(a) in place.
+void SigmoidInPlace(float* a, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) a[i] = -a[i];
+  ExpInPlace(a, n);
+  for (int64_t i = 0; i < n; ++i) a[i] = 1.0f / (1.0f + a[i]);
+}
+
+// a = tanh(a) in place, as 1 - 2 / (e^{2a} + 1).
+void TanhInPlace(float* a, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) a[i] = 2.0f * a[i];
+  ExpInPlace(a, n);
+  for (int64_t i = 0; i < n; ++i) a[i] = 1.0f - 2.0f / (a[i] + 1.0f);
+}
 
 // The configuration the given (present) inputs imply: options do not travel
 // with LiteRT's callbacks. Input count gives format and precision, x the
@@ -353,6 +464,7 @@ std::vector<int32_t> SparseGruOutputDims(const GruProblem& problem) {
 void ComputeSparseGru(const GruProblem& p, const float* x, float* out, GruScratch* scratch) {
   const int64_t u = p.options.units, f = p.options.input_size, gates = 3 * u;
   const int64_t sequences = p.batch * p.steps;
+  const int64_t stride = (sequences + kStepBlock - 1) / kStepBlock * kStepBlock;
   scratch->gx.resize(static_cast<std::size_t>(sequences * gates));
   scratch->gh.resize(static_cast<std::size_t>(gates));
   scratch->state.resize(static_cast<std::size_t>(u));
@@ -365,45 +477,59 @@ void ComputeSparseGru(const GruProblem& p, const float* x, float* out, GruScratc
   const float* b_h = p.options.reset_after ? p.bias + gates : nullptr;
 
   // The input projection does not depend on the state: all steps first, as
-  // one sparse-times-dense product over transposed copies.
-  scratch->inputs_t.resize(static_cast<std::size_t>(f * sequences));
-  scratch->gx_t.resize(static_cast<std::size_t>(gates * sequences));
+  // one sparse-times-dense product over transposed copies (steps padded with
+  // zeros to `stride`).
+  scratch->inputs_t.assign(static_cast<std::size_t>(f * stride), 0.0f);
+  scratch->gx_t.resize(static_cast<std::size_t>(gates * stride));
   float* xt = scratch->inputs_t.data();
   float* gx_t = scratch->gx_t.data();
   for (int64_t s = 0; s < sequences; ++s) {
-    for (int64_t j = 0; j < f; ++j) xt[j * sequences + s] = x[s * f + j];
+    for (int64_t j = 0; j < f; ++j) xt[j * stride + s] = x[s * f + j];
   }
   if (p.w.scales) {
-    ProjectAll<int8_t>(p.w, xt, sequences, gx_t);
+    ProjectAll<int8_t>(p.w, xt, stride, gx_t, &scratch->row);
   } else {
-    ProjectAll<float>(p.w, xt, sequences, gx_t);
+    ProjectAll<float>(p.w, xt, stride, gx_t, &scratch->row);
   }
   for (int64_t s = 0; s < sequences; ++s) {
-    for (int64_t i = 0; i < gates; ++i) gx_all[s * gates + i] = gx_t[i * sequences + s] + b_x[i];
+    for (int64_t i = 0; i < gates; ++i) gx_all[s * gates + i] = gx_t[i * stride + s] + b_x[i];
+  }
+  scratch->row.resize(static_cast<std::size_t>(std::max(f, u)));
+  float* row_buf = scratch->row.data();
+  // int8 csr R: its values converted to float once per run rather than once
+  // per step (scratch of nnz floats; the scales still apply per row).
+  GruMatrix r = p.r;
+  bool r_int8 = p.r.scales != nullptr;
+  if (r_int8 && r.row_ptr) {
+    const int64_t nnz = r.row_ptr[r.rows];
+    scratch->r_values.resize(static_cast<std::size_t>(nnz));
+    const auto* q = static_cast<const int8_t*>(p.r.values);
+    for (int64_t k = 0; k < nnz; ++k) scratch->r_values[k] = static_cast<float>(q[k]);
+    r.values = scratch->r_values.data();
+    r_int8 = false;
   }
   for (int64_t b = 0; b < p.batch; ++b) {
     std::memset(h, 0, static_cast<std::size_t>(u) * sizeof(float));
     for (int64_t t = 0; t < p.steps; ++t) {
       const float* gx = gx_all + (b * p.steps + t) * gates;
       if (b_h) {
-        MatVecRows(p.r, 0, gates, h, gh);
+        MatVecRows(r, r_int8, 0, gates, h, gh, row_buf);
+        for (int64_t j = 0; j < 2 * u; ++j) gh[j] += gx[j] + b_h[j];
+        SigmoidInPlace(gh, 2 * u);  // z, r
         for (int64_t j = 0; j < u; ++j) {
-          const float z = Sigmoid(gx[j] + gh[j] + b_h[j]);
-          const float r = Sigmoid(gx[u + j] + gh[u + j] + b_h[u + j]);
-          const float n = std::tanh(gx[2 * u + j] + r * (gh[2 * u + j] + b_h[2 * u + j]));
-          gh[j] = z;  // z is kept until every unit has read the old h
-          gh[u + j] = n;
+          rh[j] = gx[2 * u + j] + gh[u + j] * (gh[2 * u + j] + b_h[2 * u + j]);
         }
+        TanhInPlace(rh, u);  // n
       } else {
-        MatVecRows(p.r, 0, 2 * u, h, gh);
-        for (int64_t j = 0; j < u; ++j) {
-          gh[j] = Sigmoid(gx[j] + gh[j]);
-          rh[j] = Sigmoid(gx[u + j] + gh[u + j]) * h[j];
-        }
-        MatVecRows(p.r, 2 * u, gates, rh, gh + 2 * u);
-        for (int64_t j = 0; j < u; ++j) gh[u + j] = std::tanh(gx[2 * u + j] + gh[2 * u + j]);
+        MatVecRows(r, r_int8, 0, 2 * u, h, gh, row_buf);
+        for (int64_t j = 0; j < 2 * u; ++j) gh[j] += gx[j];
+        SigmoidInPlace(gh, 2 * u);  // z, r
+        for (int64_t j = 0; j < u; ++j) rh[j] = gh[u + j] * h[j];
+        MatVecRows(r, r_int8, 2 * u, gates, rh, gh + 2 * u, row_buf);
+        for (int64_t j = 0; j < u; ++j) rh[j] = gx[2 * u + j] + gh[2 * u + j];
+        TanhInPlace(rh, u);  // n
       }
-      for (int64_t j = 0; j < u; ++j) h[j] = gh[j] * h[j] + (1.0f - gh[j]) * gh[u + j];
+      for (int64_t j = 0; j < u; ++j) h[j] = gh[j] * h[j] + (1.0f - gh[j]) * rh[j];
       if (p.options.return_sequences) {
         std::memcpy(out + (b * p.steps + t) * u, h, static_cast<std::size_t>(u) * sizeof(float));
       }

@@ -82,12 +82,14 @@ std::vector<int32_t> SparseGruOutputDims(const GruProblem& problem);
 
 // Scratch memory of one computation, reused across runs.
 struct GruScratch {
-  std::vector<float> inputs_t;  // x transposed [F, B*T]
-  std::vector<float> gx_t;      // W x_t for all steps, transposed [3U, B*T]
+  std::vector<float> inputs_t;  // x transposed [F, B*T padded to 8], zero padding
+  std::vector<float> gx_t;      // W x_t for all steps, transposed [3U, B*T padded]
   std::vector<float> gx;     // W x_t + b_x for all steps [B*T, 3U]
   std::vector<float> gh;     // recurrent projection of one step [3U]
   std::vector<float> state;  // h [U]
-  std::vector<float> reset_state;  // r ⊙ h [U] (reset_after = false)
+  std::vector<float> reset_state;  // r ⊙ h, then the candidate n [U]
+  std::vector<float> row;     // one int8 weight row as float [max(F, U)]
+  std::vector<float> r_values;  // int8 csr R values as float [nnz]
 };
 
 // Runs a checked problem: x [B, T, F] to `out` (SparseGruOutputDims).
