@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <utility>
 
+#include "android_bench/tflite_flatbuffer_scan.h"
 #include "tflite/ops/sparse_gru_kernel.h"
 
 namespace edgepipe {
@@ -183,6 +184,14 @@ bool Runtime::Load(const std::string& path, const void* data, std::size_t size,
   if (size < 8 || std::memcmp(bytes + 4, "TFL3", 4) != 0) {
     *error = "not a TFLite model: " + label +
              " lacks the 'TFL3' file identifier; pass a .tflite file written by the converter";
+    return false;
+  }
+  // LiteRT's accessors hide -1 op inputs, yet it crashes at run on one in a
+  // custom op; our own reader of the raw flatbuffer sees them, and checks the
+  // operators before LiteRT's parser does.
+  const std::string scan = ScanTfliteOperators(static_cast<const uint8_t*>(model_memory_.ptr), size);
+  if (!scan.empty()) {
+    *error = "refusing " + label + ": " + scan;
     return false;
   }
   LiteRtStatus status = LiteRtCreateEnvironment(0, nullptr, &environment_);

@@ -1,4 +1,5 @@
-// edgepipe's runtime over the LiteRT C API: loads a .tflite model, checks every
+// edgepipe's runtime over the LiteRT C API: loads a .tflite model, refuses
+// operators LiteRT would crash on (tflite_flatbuffer_scan.h), checks every
 // custom op against the kernels edgepipe registers BEFORE compiling (LiteRT
 // itself compiles such a model and only fails at run, and ignores the status
 // codes kernels return), compiles for the CPU with a thread count, runs on

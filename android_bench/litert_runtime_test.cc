@@ -1,10 +1,12 @@
 // Runs edgepipe's LiteRT runtime on the real libLiteRt.so with the small models
 // in testdata/ (made by testdata/make_testdata.py): known outputs, a custom op
 // with and without a kernel, validation and run failures reported through the
-// runtime's own channel, and damaged or missing files. Plain C++ checks, as in
+// runtime's own channel, a custom op with a -1 input (LiteRT crashes on it),
+// and damaged or missing files. Plain C++ checks, as in
 // latency_stats_test.cc.
 
 #include "android_bench/litert_runtime.h"
+#include "android_bench/tflite_flatbuffer_scan.h"
 
 #include <cmath>
 #include <cstdio>
@@ -221,6 +223,33 @@ void TestCustomOps() {
   kernel.reject_ = true;
   error = OpenError(Path("linear_custom_aligned.tflite"), with_kernel);
   CHECK(Contains(error, "failed validation: rejected by the test"), "%s", error.c_str());
+  kernel.reject_ = false;
+
+  // LiteRT shows the kernel 3 inputs and would crash at run on the hidden -1.
+  error = OpenError(Path("linear_custom_absent.tflite"), with_kernel);
+  CHECK(Contains(error, "subgraph 0, op 0 (custom op 'EdgepipeTestLinear'): input 3 is -1"),
+        "%s", error.c_str());
+}
+
+void TestFlatbufferScan() {
+  for (const char* name : {"linear_float.tflite", "linear_int8.tflite", "linear_custom.tflite",
+                           "linear_custom_aligned.tflite"}) {
+    const std::vector<char> bytes = ReadFile(Path(name));
+    const std::string problem = edgepipe::runtime::ScanTfliteOperators(
+        reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+    CHECK(!bytes.empty() && problem.empty(), "%s: %s", name, problem.c_str());
+  }
+  // Every cut and a scrambled copy: a message, never a read past the end.
+  const std::vector<char> bytes = ReadFile(Path("linear_custom_absent.tflite"));
+  const auto* data = reinterpret_cast<const uint8_t*>(bytes.data());
+  for (size_t cut = 0; cut < bytes.size(); ++cut) {
+    const std::vector<uint8_t> head(data, data + cut);
+    CHECK(!edgepipe::runtime::ScanTfliteOperators(head.data(), head.size()).empty(),
+          "cut at %zu accepted", cut);
+  }
+  std::vector<uint8_t> scrambled(data, data + bytes.size());
+  for (size_t i = 0; i < scrambled.size(); i += 3) scrambled[i] ^= 0x5A;
+  edgepipe::runtime::ScanTfliteOperators(scrambled.data(), scrambled.size());
 }
 
 void TestBadInputs() {
@@ -257,6 +286,7 @@ int main() {
   TestFloatModel();
   TestInt8Model();
   TestCustomOps();
+  TestFlatbufferScan();
   TestBadInputs();
   if (failures) {
     std::fprintf(stderr, "%d check(s) failed\n", failures);

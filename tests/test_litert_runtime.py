@@ -1,14 +1,24 @@
 """edgepipe's native LiteRT runtime (ctypes over libedgepipe_runtime.so) against
 the ai_edge_litert Interpreter, on models made by the project's converter."""
+import re
+import shutil
+import subprocess
+
+import flatbuffers
 import numpy as np
 import pytest
+from ai_edge_litert import schema_py_generated as schema
 
 from core.errors import UserError
 from core.keras_env import keras
+from fixtures.fuzzing import REPO, run_libfuzzer
 from tflite import litert_runtime
 from tflite.convert import convert_model
 from tflite.litert_runtime import LiteRtRunner, align_constant_buffers
+from tflite.ops.sparse_gru_lowering import convert_with_sparse_gru
 from tflite.runtime import TfliteRunner
+
+SCAN_FUZZ_SECONDS = 20
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +61,8 @@ def test_raw_io_and_benchmark_members(tiny_tflite_bytes):
 
 
 def test_custom_op_without_kernel_is_refused(tiny_tflite_bytes, with_custom_op):
-    model = with_custom_op(tiny_tflite_bytes, "FULLY_CONNECTED", "EdgepipeNoSuchOp")
+    # SOFTMAX: the converter leaves FULLY_CONNECTED's bias -1, refused before the kernel lookup.
+    model = with_custom_op(tiny_tflite_bytes, "SOFTMAX", "EdgepipeNoSuchOp")
     for variant in (model, align_constant_buffers(model)):
         with pytest.raises(UserError,
                            match=r"custom op 'EdgepipeNoSuchOp' .* has no kernel .*SparseGRU"):
@@ -77,3 +88,65 @@ def test_missing_library_says_how_to_build(monkeypatch, tmp_path, tiny_tflite_by
     monkeypatch.setenv("EDGEPIPE_RUNTIME_LIB", str(tmp_path / "none.so"))
     with pytest.raises(UserError, match="not built.*scripts/setup.sh.*bazel build"):
         LiteRtRunner(tiny_tflite_bytes)
+
+
+# ---- operators LiteRT's C API hides (android_bench/tflite_flatbuffer_scan.cc) ----
+
+@pytest.fixture(scope="module")
+def sparse_gru_model() -> bytes:
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((4, 3), batch_size=1)
+    outputs = keras.layers.GRU(5)(inputs)
+    return convert_with_sparse_gru(keras.Model(inputs, outputs))
+
+
+def edit_sparse_gru_inputs(data: bytes, edit) -> bytes:
+    """`data` with edit(inputs, number of tensors) as its SparseGRU op's inputs."""
+    model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    edited = 0
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            if model.operatorCodes[op.opcodeIndex].customCode == b"SparseGRU":
+                op.inputs = edit(list(op.inputs), len(graph.tensors))
+                edited += 1
+    assert edited == 1
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return align_constant_buffers(bytes(builder.Output()))
+
+
+def test_sparse_gru_with_absent_input_is_refused_not_crashed(sparse_gru_model, tmp_path):
+    LiteRtRunner(sparse_gru_model).predict(np.zeros((1, 4, 3), np.float32))
+    absent = edit_sparse_gru_inputs(sparse_gru_model, lambda inputs, _: inputs[:2] + [-1] + inputs[2:])
+    message = re.compile(r"subgraph 0, op \d+ \(custom op 'SparseGRU'\): input 2 is -1")
+    with pytest.raises(UserError, match=message):
+        LiteRtRunner(absent)
+    path = tmp_path / "absent.tflite"
+    path.write_bytes(absent)
+    result = subprocess.run([str(REPO / ".native" / "litert_bench"), f"--graph={path}"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert message.search(result.stderr) and result.stdout == "", result.stderr
+
+
+def test_tensor_index_out_of_range_is_refused(sparse_gru_model):
+    beyond = edit_sparse_gru_inputs(sparse_gru_model, lambda inputs, n: [n] + inputs[1:])
+    with pytest.raises(UserError, match=r"input 0 is tensor (\d+), but subgraph 0 has \1 tensors"):
+        LiteRtRunner(beyond)
+
+
+def test_truncated_sparse_gru_model_is_refused(sparse_gru_model):
+    for cut in range(8, len(sparse_gru_model), 97):
+        with pytest.raises(UserError):
+            LiteRtRunner(sparse_gru_model[:cut])
+
+
+@pytest.mark.skipif(shutil.which("clang++") is None,
+                    reason="clang++ missing: scripts/setup.sh installs it")
+def test_fuzz_flatbuffer_scan(tmp_path, sparse_gru_model):
+    """libFuzzer with AddressSanitizer and UBSan for a bounded time: no finding."""
+    bench = REPO / "android_bench"
+    seeds = [path.read_bytes() for path in sorted((bench / "testdata").glob("*.tflite"))]
+    seeds.append(sparse_gru_model)
+    run_libfuzzer([bench / "tflite_flatbuffer_scan_fuzz.cc", bench / "tflite_flatbuffer_scan.cc"],
+                  seeds, tmp_path, SCAN_FUZZ_SECONDS, max_len=max(map(len, seeds)))

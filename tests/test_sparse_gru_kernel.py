@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import shutil
 import struct
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +17,7 @@ from flatbuffers import flexbuffers
 
 from core.errors import UserError
 from core.keras_env import keras
+from fixtures.fuzzing import REPO, run_libfuzzer
 from tflite.litert_runtime import LiteRtRunner, align_constant_buffers
 from tflite.ops.sparse_gru_reference import StoredMatrix, dequantize, sparse_gru
 
@@ -296,7 +295,6 @@ def test_non_constant_weights_are_refused():
 
 # ---- fuzzing (tflite/ops/fuzz/sparse_gru_fuzz.cc) ----------------------------
 
-REPO = Path(__file__).resolve().parents[1]
 FUZZ_SECONDS = 30
 ELEMENT_TYPES = {np.dtype(np.float32): 1, np.dtype(np.int32): 2, np.dtype(np.int8): 9,
                  np.dtype(np.uint16): 17}
@@ -325,31 +323,13 @@ def fuzz_seed(case: Case) -> bytes:
                     reason="clang++ missing: scripts/setup.sh installs it")
 def test_fuzz_options_and_validation(tmp_path):
     """libFuzzer with AddressSanitizer and UBSan for a bounded time: no finding."""
-    import ai_edge_litert
-    litert_dir = Path(ai_edge_litert.__file__).resolve().parent
-    binary = tmp_path / "sparse_gru_fuzz"
     ops = REPO / "tflite" / "ops"
-    subprocess.run(
-        ["clang++", "-std=c++17", "-O1", "-g", "-Wall", "-Wextra", "-Werror",
-         "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=undefined",
-         f"-I{REPO}", str(ops / "fuzz" / "sparse_gru_fuzz.cc"),
-         str(ops / "sparse_gru_kernel.cc"), str(ops / "sparse_gru_options.cc"),
-         f"-L{litert_dir}", "-l:libLiteRt.so", f"-Wl,-rpath,{litert_dir}", "-o", str(binary)],
-        check=True, capture_output=True, timeout=300)
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
     seeds = [Case(units=3, features=4, steps=3, batch=2, precision=precision, fmt=fmt,
                   reset_after=reset_after, return_sequences=reset_after, sparsity=0.5, seed=i)
              for i, (precision, fmt, reset_after) in enumerate(
                  (p, f, r) for p in ("float32", "int8") for f in ("csr", "dense")
                  for r in (True, False))]
-    for i, case in enumerate(seeds):
-        (corpus / f"seed{i}").write_bytes(fuzz_seed(case))
-    result = subprocess.run(
-        [str(binary), f"-max_total_time={FUZZ_SECONDS}", "-max_len=4096", "-timeout=10",
-         "-print_final_stats=1", str(corpus)],
-        capture_output=True, text=True, timeout=FUZZ_SECONDS + 120)
-    log = result.stderr[-4000:]
-    assert result.returncode == 0, log
-    assert "ERROR:" not in result.stderr and "runtime error" not in result.stderr, log
-    assert "stat::number_of_executed_units" in result.stderr, log
+    run_libfuzzer([ops / "fuzz" / "sparse_gru_fuzz.cc", ops / "sparse_gru_kernel.cc",
+                   ops / "sparse_gru_options.cc"],
+                  [fuzz_seed(case) for case in seeds], tmp_path, FUZZ_SECONDS, max_len=4096,
+                  link_litert=True)

@@ -12,6 +12,9 @@ The outputs are committed (a few KB), so `bazel test` needs no TensorFlow.
 - linear_custom_aligned.tflite: linear_custom with its constant buffers at
   64-byte file offsets (the converter's output is not aligned, and LiteRT only
   hands aligned constants to a custom op kernel).
+- linear_custom_absent.tflite: linear_custom_aligned with a -1 (absent
+  optional) input appended to its custom op, which LiteRT crashes on at run;
+  the runtime must refuse it before compiling.
 - expected.txt: lines "name v0 v1 ..." with the input and the Keras outputs.
 """
 from __future__ import annotations
@@ -48,6 +51,20 @@ def as_custom(data: bytes, builtin: str, custom: str) -> bytes:
     return bytes(builder.Output())
 
 
+def with_absent_input(data: bytes) -> bytes:
+    """Append a -1 input to every op of a model (buffers keep their offsets)."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            op.inputs = list(op.inputs) + [-1]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
 def main() -> None:
     inputs = keras.Input((4,), batch_size=1)
     outputs = keras.layers.Dense(3)(inputs)
@@ -65,7 +82,10 @@ def main() -> None:
     (HERE / "linear_int8.tflite").write_bytes(convert_model(model, "int8", calibration))
     custom = as_custom(float_model, "FULLY_CONNECTED", CUSTOM_NAME)
     (HERE / "linear_custom.tflite").write_bytes(custom)
-    (HERE / "linear_custom_aligned.tflite").write_bytes(align_constant_buffers(custom))
+    aligned = align_constant_buffers(custom)
+    (HERE / "linear_custom_aligned.tflite").write_bytes(aligned)
+    (HERE / "linear_custom_absent.tflite").write_bytes(
+        align_constant_buffers(with_absent_input(aligned)))
     lines = [
         "input " + " ".join(f"{v:.9g}" for v in x.ravel()),
         "output " + " ".join(f"{v:.9g}" for v in y.ravel()),
