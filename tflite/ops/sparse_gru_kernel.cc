@@ -311,6 +311,13 @@ void ProjectAll(const GruMatrix& m, const float* xt, int64_t stride, float* out,
     const uint16_t* cols = m.row_ptr ? m.col_indices + begin : nullptr;
     float* o = out + row * stride;
     int64_t s0 = 0;
+    if (!cols) {  // dense rows: wider blocks measured faster (csr rows: slower)
+      for (; stride - s0 >= 32; s0 += 32) ProjectRow<32>(w, cols, n, xt, stride, s0, o);
+      if (stride - s0 >= 24) {
+        ProjectRow<24>(w, cols, n, xt, stride, s0, o);
+        s0 += 24;
+      }
+    }
     for (; s0 + 16 <= stride; s0 += 16) ProjectRow<16>(w, cols, n, xt, stride, s0, o);
     for (; s0 < stride; s0 += kStepBlock) ProjectRow<kStepBlock>(w, cols, n, xt, stride, s0, o);
     if (m.scales) {
@@ -324,10 +331,11 @@ void ProjectAll(const GruMatrix& m, const float* xt, int64_t stride, float* out,
 // [-87, 88]; arguments are clamped there, NaN stays NaN) and 2^n built from
 // the exponent bits.
 void ExpInPlace(float* a, int64_t n) {
+  // Clamped in a loop of its own (in the main loop the compiler would branch
+  // on it); NaN passes through both bounds.
+  for (int64_t i = 0; i < n; ++i) a[i] = std::min(std::max(a[i], -87.0f), 88.0f);
   for (int64_t i = 0; i < n; ++i) {
-    float x = a[i];
-    x = x > 88.0f ? 88.0f : x;
-    x = x < -87.0f ? -87.0f : x;
+    const float x = a[i];
     constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
     const float shifted = x * 1.44269504088896341f + kMagic;
     const float k = shifted - kMagic;
