@@ -271,7 +271,7 @@ def _pipeline_config(tmp_path, variants):
     return parse_config({"output_dir": str(tmp_path), "models": [
         {"name": "rnn", "builder": "gru_classifier", "options": {"units": [16, 8]},
          "data": {"source": "digits", "kind": "sequence"}, "train": {"epochs": 1},
-         "pruning": {"schedule": "narang", "target_sparsity": 0.7, "layers": ["gru_.*"],
+         "pruning": {"schedule": "narang", "target_sparsity": 0.95, "layers": ["gru_.*"],
                      "epochs": 1, "frequency": 5},
          "gru_lowering": "sparse_gru", "variants": variants}],
         "benchmark": {"num_runs": 2, "warmup_runs": 0}})
