@@ -42,7 +42,8 @@ def measure(target: str, model_path: Path, settings: BenchmarkConfig, journal: P
 
         runner, libraries = _device_files(settings)
         measurements = benchmark_on_devices(model_path, runner, results_path=journal,
-                                            targets=target, threads=settings.threads,
+                                            targets="all" if target == "all" else [target],
+                                            threads=settings.threads,
                                             libraries=libraries, settings=run_settings(settings))
     return [to_benchmark_record(m) for m in measurements]
 

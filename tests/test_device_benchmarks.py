@@ -48,3 +48,16 @@ def test_pipeline_benchmarks_every_device(adb_server, make_device, tmp_path):
         assert [b["target"] for b in variant["benchmarks"]] == ["host", phone.serial]
     report = (tmp_path / "run" / "report.md").read_text()
     assert f"| {phone.serial} | Pixel 8" in report
+
+
+def test_bench_on_one_device_by_serial(adb_server, make_device, tmp_path, tiny_tflite_bytes):
+    from pipelines.benchmark import measure
+    from pipelines.config import BenchmarkConfig
+
+    phone = make_device(DeviceProfile(model="Pixel 8"))
+    adb_server.connect(phone)
+    model = tmp_path / "tiny.tflite"
+    model.write_bytes(tiny_tflite_bytes)
+    rows = measure(phone.serial, model, BenchmarkConfig(num_runs=3, warmup_runs=1),
+                   tmp_path / "journal.jsonl")
+    assert [(r["target"], r["threads"]) for r in rows] == [(phone.serial, 1)]
