@@ -24,6 +24,26 @@ const char* const kInputNames[kGruNumSlots] = {
 // Activations and scratch larger than this are not a GRU a device runs.
 constexpr int64_t kMaxElements = int64_t{1} << 28;
 
+// A register of floats in the compiler's portable vector extension (GCC and
+// Clang), as wide as the target has: 8 with AVX, else 4 (SSE2, NEON). No
+// intrinsics, so the same code builds for every ABI.
+#if defined(__AVX__)
+constexpr int kLanes = 8;
+#else
+constexpr int kLanes = 4;
+#endif
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
+
+inline Vec Load(const float* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline void Store(float* p, const Vec& v) { std::memcpy(p, &v, sizeof(v)); }
+
+inline Vec Broadcast(float f) { return Vec{} + f; }
+
 std::string Label(std::size_t index) {
   return "input " + std::to_string(index) + " (" + kInputNames[index] + ")";
 }
@@ -174,119 +194,165 @@ std::string CheckMatrix(const SparseGruOptions& options, const std::vector<GruTe
   return "";
 }
 
-// Dense mat-vec: each row keeps eight independent partial sums, so the
-// compiler vectorizes without reassociating one long sum; int8 rows are
-// converted to float a block at a time (a vectorized loop of its own), and
-// the caller applies the scale once per row.
+// Dense mat-vec: each row keeps four vectors of partial sums (four
+// independent add chains); int8 rows are converted to float a block at a time
+// (a vectorized loop of its own), and the caller applies the scale once per
+// row.
 template <typename T>
 void DenseRows(const T* m, int64_t cols, int64_t rows, const float* v, float* y) {
-  constexpr int kLanes = 8;
-  const int64_t main = cols - cols % kLanes;
-  int64_t row = 0;
-  for (; row < rows; ++row) {
+  constexpr int kChains = 4, kBlock = kChains * kLanes;
+  const int64_t main = cols - cols % kBlock;
+  for (int64_t row = 0; row < rows; ++row) {
     const T* w = m + row * cols;
-    float p[kLanes] = {};
-    int64_t j = 0;
-    constexpr int kBlock = 64;
-    for (; j + kBlock <= main; j += kBlock) {
-      float wf[kBlock];
-      for (int k = 0; k < kBlock; ++k) wf[k] = static_cast<float>(w[j + k]);
-      for (int b = 0; b < kBlock; b += kLanes) {
-        for (int k = 0; k < kLanes; ++k) p[k] += wf[b + k] * v[j + b + k];
+    Vec p[kChains] = {};
+    for (int64_t j = 0; j < main; j += kBlock) {
+      const float* wf;
+      float converted[kBlock];
+      if constexpr (std::is_same<T, float>::value) {
+        wf = w + j;
+      } else {
+        for (int k = 0; k < kBlock; ++k) converted[k] = static_cast<float>(w[j + k]);
+        wf = converted;
       }
-    }
-    for (; j < main; j += kLanes) {
-      for (int k = 0; k < kLanes; ++k) p[k] += static_cast<float>(w[j + k]) * v[j + k];
+      for (int i = 0; i < kChains; ++i) p[i] += Load(wf + kLanes * i) * Load(v + j + kLanes * i);
     }
     float sum = 0;
-    for (; j < cols; ++j) sum += static_cast<float>(w[j]) * v[j];
-    for (int k = 0; k < kLanes; ++k) sum += p[k];
+    for (int64_t j = main; j < cols; ++j) sum += static_cast<float>(w[j]) * v[j];
+    const Vec total = (p[0] + p[1]) + (p[2] + p[3]);
+    for (int i = 0; i < kLanes; ++i) sum += total[i];
     y[row] = sum;
   }
 }
 
-// Eight partial sums: one sum would wait on the add latency at every entry.
-// Four column indices come in each 64-bit load (fewer loads per entry, which
-// bound this loop), and the four products form one vector.
-inline float SparseDot(const float* values, const uint16_t* cols, int64_t n, const float* x) {
-  float acc[8] = {};
-  int64_t k = 0;
-  for (; k + 8 <= n; k += 8) {
-    uint64_t c[2];
-    std::memcpy(c, cols + k, sizeof(c));
-    uint16_t ci[8];
-    std::memcpy(ci, c, sizeof(ci));
-    const float g[8] = {x[ci[0]], x[ci[1]], x[ci[2]], x[ci[3]],
-                        x[ci[4]], x[ci[5]], x[ci[6]], x[ci[7]]};
-    for (int i = 0; i < 8; ++i) acc[i] += values[k + i] * g[i];
-  }
-  for (int i = 0; i < 4; ++i) acc[i] += acc[i + 4];
-  for (; k < n; ++k) acc[0] += values[k] * x[cols[k]];
-  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
-}
-
-// y[i] = (M v)[row_begin + i] for rows [row_begin, row_end).
-template <typename T>
-void MatVec(const GruMatrix& m, int64_t row_begin, int64_t row_end, const float* v, float* y,
-            float* row_buf) {
-  const T* values = static_cast<const T*>(m.values);
-  if (m.row_ptr) {
-    for (int64_t row = row_begin; row < row_end; ++row) {
-      const int32_t begin = m.row_ptr[row];
-      const int64_t n = m.row_ptr[row + 1] - begin;
-      const float* w;
-      if (std::is_same<T, float>::value) {
-        w = reinterpret_cast<const float*>(values + begin);
-      } else {
-        for (int64_t k = 0; k < n; ++k) row_buf[k] = static_cast<float>(values[begin + k]);
-        w = row_buf;
-      }
-      y[row - row_begin] = SparseDot(w, m.col_indices + begin, n, v);
-    }
-  } else {
-    DenseRows(values + row_begin * m.cols, m.cols, row_end - row_begin, v, y);
-  }
+// y[i] = (M v)[row_begin + i] for rows [row_begin, row_end) of a dense M,
+// int8 or float; int8 rows get their scale.
+void DenseMatVec(const GruMatrix& m, int64_t row_begin, int64_t row_end, const float* v,
+                 float* y) {
   if (m.scales) {
+    DenseRows(static_cast<const int8_t*>(m.values) + row_begin * m.cols, m.cols,
+              row_end - row_begin, v, y);
     for (int64_t row = row_begin; row < row_end; ++row) y[row - row_begin] *= m.scales[row];
+  } else {
+    DenseRows(static_cast<const float*>(m.values) + row_begin * m.cols, m.cols,
+              row_end - row_begin, v, y);
   }
 }
 
-// `row_buf` holds one row (int8 csr: converted to float); the scales apply
-// whenever the matrix has them, also to values already converted to float.
-void MatVecRows(const GruMatrix& m, bool int8_values, int64_t row_begin, int64_t row_end,
-                const float* v, float* y, float* row_buf) {
-  if (int8_values) {
-    MatVec<int8_t>(m, row_begin, row_end, v, y, row_buf);
-  } else {
-    MatVec<float>(m, row_begin, row_end, v, y, row_buf);
+typedef float Vec4 __attribute__((vector_size(4 * sizeof(float))));
+
+// Slices [slice_begin, slice_end) of a sliced matrix times v, into y[row]
+// (rows as numbered in the matrix). Each group holds one (value, column) of
+// each of the slice's eight rows: two vectors of four products per group,
+// the column indices four to a 64-bit load; rows of similar length share a
+// slice, so the loop runs without per-row exits.
+void SlicedMatVec(const SlicedMatrix& m, int64_t slice_begin, int64_t slice_end,
+                  const float* v, float* y) {
+  static_assert(kSliceRows == 8, "the loop below handles eight rows per slice");
+  for (int64_t slice = slice_begin; slice < slice_end; ++slice) {
+    const int64_t first = m.slice_ptr[slice], groups = m.slice_ptr[slice + 1] - first;
+    const float* values = m.values.data() + first * kSliceRows;
+    const uint16_t* cols = m.col_indices.data() + first * kSliceRows;
+    Vec4 low = {}, high = {};
+    for (int64_t g = 0; g < groups; ++g, values += kSliceRows, cols += kSliceRows) {
+      uint64_t c0, c1;
+      std::memcpy(&c0, cols, sizeof(c0));
+      std::memcpy(&c1, cols + 4, sizeof(c1));
+      const Vec4 x0 = {v[c0 & 0xffff], v[(c0 >> 16) & 0xffff], v[(c0 >> 32) & 0xffff],
+                       v[c0 >> 48]};
+      const Vec4 x1 = {v[c1 & 0xffff], v[(c1 >> 16) & 0xffff], v[(c1 >> 32) & 0xffff],
+                       v[c1 >> 48]};
+      Vec4 w0, w1;
+      std::memcpy(&w0, values, sizeof(w0));
+      std::memcpy(&w1, values + 4, sizeof(w1));
+      low += w0 * x0;
+      high += w1 * x1;
+    }
+    const int32_t* lane_row = m.lane_row.data() + slice * kSliceRows;
+    for (int i = 0; i < 4; ++i) {
+      if (lane_row[i] >= 0) y[lane_row[i]] = low[i];
+      if (lane_row[i + 4] >= 0) y[lane_row[i + 4]] = high[i];
+    }
   }
+}
+
+template <typename T>
+void FillSliced(const GruMatrix& m, SlicedMatrix* out) {
+  const T* values = static_cast<const T*>(m.values);
+  const int64_t per_gate = m.rows / 3;
+  std::vector<int32_t> order(static_cast<std::size_t>(per_gate));
+  auto length = [&m](int32_t row) { return m.row_ptr[row + 1] - m.row_ptr[row]; };
+  out->slice_ptr.assign(1, 0);
+  for (int64_t gate = 0; gate < 3; ++gate) {
+    for (int64_t j = 0; j < per_gate; ++j) order[j] = static_cast<int32_t>(gate * per_gate + j);
+    std::stable_sort(order.begin(), order.end(),
+                     [&length](int32_t a, int32_t b) { return length(a) > length(b); });
+    for (int64_t start = 0; start < per_gate; start += kSliceRows) {
+      const int64_t lanes = std::min<int64_t>(kSliceRows, per_gate - start);
+      const int64_t groups = length(order[start]);  // the slice's longest row
+      const std::size_t base = out->values.size();
+      out->values.resize(base + groups * kSliceRows, 0.0f);
+      out->col_indices.resize(base + groups * kSliceRows, 0);
+      for (int64_t lane = 0; lane < kSliceRows; ++lane) {
+        const int32_t row = lane < lanes ? order[start + lane] : -1;
+        out->lane_row.push_back(row);
+        if (row < 0) continue;
+        const float scale = m.scales ? m.scales[row] : 1.0f;
+        for (int32_t k = m.row_ptr[row], g = 0; k < m.row_ptr[row + 1]; ++k, ++g) {
+          out->values[base + g * kSliceRows + lane] = static_cast<float>(values[k]) * scale;
+          out->col_indices[base + g * kSliceRows + lane] = m.col_indices[k];
+        }
+      }
+      out->slice_ptr.push_back(out->slice_ptr.back() + static_cast<int32_t>(groups));
+    }
+  }
+}
+
+// The sliced form of a checked csr matrix with 3 gates of rows, from the
+// scratch's packs when one was made from the same arrays.
+const SlicedMatrix& Sliced(const GruMatrix& m, GruScratch* scratch) {
+  const int32_t* row_ptr_end = m.row_ptr + m.rows + 1;
+  for (const SlicedMatrix& packed : scratch->packs) {
+    if (packed.source_values == m.values && packed.source_col_indices == m.col_indices &&
+        packed.source_scales == m.scales && packed.rows == m.rows && packed.cols == m.cols &&
+        std::equal(m.row_ptr, row_ptr_end, packed.source_row_ptr.begin(),
+                   packed.source_row_ptr.end())) {
+      return packed;
+    }
+  }
+  if (scratch->packs.size() >= kMaxPacks) scratch->packs.clear();
+  scratch->packs.emplace_back();
+  SlicedMatrix& packed = scratch->packs.back();
+  packed.source_values = m.values;
+  packed.source_col_indices = m.col_indices;
+  packed.source_scales = m.scales;
+  packed.source_row_ptr.assign(m.row_ptr, row_ptr_end);
+  packed.rows = m.rows;
+  packed.cols = m.cols;
+  if (m.scales) {
+    FillSliced<int8_t>(m, &packed);
+  } else {
+    FillSliced<float>(m, &packed);
+  }
+  return packed;
 }
 
 // Steps are handled in blocks of this many (the transposed copies are padded
 // with zeros to a multiple of it).
 constexpr int64_t kStepBlock = 8;
 
-// o[s0 + i] = sum_k w[k] * xt[col_k][s0 + i], i < B (col_k = cols[k], or k
-// when dense): the B sums stay in registers while the row streams by, and
-// the loop over i is contiguous, so it vectorizes.
-template <int B>
+// o[s0 + i] = sum_k w[k] * xt[col_k][s0 + i], i < V lanes (col_k = cols[k], or k
+// when dense): the V vectors of sums stay in registers while the row streams
+// by, V independent chains so no add waits on the one before.
+template <int V>
 void ProjectRow(const float* w, const uint16_t* cols, int64_t n, const float* xt,
                 int64_t stride, int64_t s0, float* o) {
-  float acc[B] = {};
-  if (cols) {
-    for (int64_t k = 0; k < n; ++k) {
-      const float v = w[k];
-      const float* x = xt + cols[k] * stride + s0;
-      for (int i = 0; i < B; ++i) acc[i] += v * x[i];
-    }
-  } else {
-    for (int64_t k = 0; k < n; ++k) {
-      const float v = w[k];
-      const float* x = xt + k * stride + s0;
-      for (int i = 0; i < B; ++i) acc[i] += v * x[i];
-    }
+  Vec acc[V] = {};
+  for (int64_t k = 0; k < n; ++k) {
+    const Vec v = Broadcast(w[k]);
+    const float* x = xt + (cols ? cols[k] : k) * stride + s0;
+    for (int i = 0; i < V; ++i) acc[i] += v * Load(x + kLanes * i);
   }
-  for (int i = 0; i < B; ++i) o[s0 + i] = acc[i];
+  for (int i = 0; i < V; ++i) Store(o + s0 + kLanes * i, acc[i]);
 }
 
 // out[row][s] = (M x_s)[row] for all padded steps s < stride (a multiple of
@@ -310,16 +376,18 @@ void ProjectAll(const GruMatrix& m, const float* xt, int64_t stride, float* out,
     }
     const uint16_t* cols = m.row_ptr ? m.col_indices + begin : nullptr;
     float* o = out + row * stride;
-    int64_t s0 = 0;
-    if (!cols) {  // dense rows: wider blocks measured faster (csr rows: slower)
-      for (; stride - s0 >= 32; s0 += 32) ProjectRow<32>(w, cols, n, xt, stride, s0, o);
-      if (stride - s0 >= 24) {
-        ProjectRow<24>(w, cols, n, xt, stride, s0, o);
-        s0 += 24;
-      }
+    int64_t s0 = 0;  // passes of at most 8 vectors: 8 chains, and registers to spare
+    for (; stride - s0 >= 8 * kLanes; s0 += 8 * kLanes) ProjectRow<8>(w, cols, n, xt, stride, s0, o);
+    switch ((stride - s0) / kLanes) {
+      case 7: ProjectRow<7>(w, cols, n, xt, stride, s0, o); break;
+      case 6: ProjectRow<6>(w, cols, n, xt, stride, s0, o); break;
+      case 5: ProjectRow<5>(w, cols, n, xt, stride, s0, o); break;
+      case 4: ProjectRow<4>(w, cols, n, xt, stride, s0, o); break;
+      case 3: ProjectRow<3>(w, cols, n, xt, stride, s0, o); break;
+      case 2: ProjectRow<2>(w, cols, n, xt, stride, s0, o); break;
+      case 1: ProjectRow<1>(w, cols, n, xt, stride, s0, o); break;
+      default: break;
     }
-    for (; s0 + 16 <= stride; s0 += 16) ProjectRow<16>(w, cols, n, xt, stride, s0, o);
-    for (; s0 < stride; s0 += kStepBlock) ProjectRow<kStepBlock>(w, cols, n, xt, stride, s0, o);
     if (m.scales) {
       const float scale = m.scales[row];
       for (int64_t s = 0; s < stride; ++s) o[s] *= scale;
@@ -502,26 +570,23 @@ void ComputeSparseGru(const GruProblem& p, const float* x, float* out, GruScratc
   for (int64_t s = 0; s < sequences; ++s) {
     for (int64_t i = 0; i < gates; ++i) gx_all[s * gates + i] = gx_t[i * stride + s] + b_x[i];
   }
-  scratch->row.resize(static_cast<std::size_t>(std::max(f, u)));
-  float* row_buf = scratch->row.data();
-  // int8 csr R: its values converted to float once per run rather than once
-  // per step (scratch of nnz floats; the scales still apply per row).
-  GruMatrix r = p.r;
-  bool r_int8 = p.r.scales != nullptr;
-  if (r_int8 && r.row_ptr) {
-    const int64_t nnz = r.row_ptr[r.rows];
-    scratch->r_values.resize(static_cast<std::size_t>(nnz));
-    const auto* q = static_cast<const int8_t*>(p.r.values);
-    for (int64_t k = 0; k < nnz; ++k) scratch->r_values[k] = static_cast<float>(q[k]);
-    r.values = scratch->r_values.data();
-    r_int8 = false;
-  }
+  // R times a state: sliced when R is csr (gate g's rows are slices
+  // [g * per_gate, (g + 1) * per_gate)), into gh indexed by R's row.
+  const SlicedMatrix* sliced = p.r.row_ptr ? &Sliced(p.r, scratch) : nullptr;
+  const int64_t slices_per_gate = (u + kSliceRows - 1) / kSliceRows;
+  auto recurrent = [&](int64_t gate_begin, int64_t gate_end, const float* state) {
+    if (sliced) {
+      SlicedMatVec(*sliced, gate_begin * slices_per_gate, gate_end * slices_per_gate, state, gh);
+    } else {
+      DenseMatVec(p.r, gate_begin * u, gate_end * u, state, gh + gate_begin * u);
+    }
+  };
   for (int64_t b = 0; b < p.batch; ++b) {
     std::memset(h, 0, static_cast<std::size_t>(u) * sizeof(float));
     for (int64_t t = 0; t < p.steps; ++t) {
       const float* gx = gx_all + (b * p.steps + t) * gates;
       if (b_h) {
-        MatVecRows(r, r_int8, 0, gates, h, gh, row_buf);
+        recurrent(0, 3, h);
         for (int64_t j = 0; j < 2 * u; ++j) gh[j] += gx[j] + b_h[j];
         SigmoidInPlace(gh, 2 * u);  // z, r
         for (int64_t j = 0; j < u; ++j) {
@@ -529,11 +594,11 @@ void ComputeSparseGru(const GruProblem& p, const float* x, float* out, GruScratc
         }
         TanhInPlace(rh, u);  // n
       } else {
-        MatVecRows(r, r_int8, 0, 2 * u, h, gh, row_buf);
+        recurrent(0, 2, h);
         for (int64_t j = 0; j < 2 * u; ++j) gh[j] += gx[j];
         SigmoidInPlace(gh, 2 * u);  // z, r
         for (int64_t j = 0; j < u; ++j) rh[j] = gh[u + j] * h[j];
-        MatVecRows(r, r_int8, 2 * u, gates, rh, gh + 2 * u, row_buf);
+        recurrent(2, 3, rh);
         for (int64_t j = 0; j < u; ++j) rh[j] = gx[2 * u + j] + gh[2 * u + j];
         TanhInPlace(rh, u);  // n
       }
@@ -596,6 +661,8 @@ LiteRtStatus SparseGruKernel::Init(void* user_data, const void* init_data, std::
 LiteRtStatus SparseGruKernel::Destroy(void* user_data) {
   auto* self = static_cast<SparseGruKernel*>(user_data);
   std::lock_guard<std::mutex> lock(self->mutex_);
+  // Packs go with any op: its model's constants may be freed next.
+  self->scratch_.packs.clear();
   // Which op goes is unknown; the records go when the last op does.
   if (self->live_ops_ > 0 && --self->live_ops_ == 0) {
     self->ops_.clear();
