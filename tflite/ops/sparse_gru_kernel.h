@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "android_bench/litert_runtime.h"
+#include "tflite/ops/sparse_gru_compute.h"
 #include "tflite/ops/sparse_gru_options.h"
 
 namespace edgepipe {
@@ -41,26 +42,6 @@ struct GruTensor {
   std::size_t size = 0;
 };
 
-// W ([3U, F]) or R ([3U, U]) as stored, after the checks.
-struct GruMatrix {
-  int64_t rows = 0;
-  int64_t cols = 0;
-  const void* values = nullptr;        // float or int8
-  const uint16_t* col_indices = nullptr;  // csr
-  const int32_t* row_ptr = nullptr;       // csr
-  const float* scales = nullptr;          // int8
-};
-
-// Everything the computation needs, filled only by a successful check.
-struct GruProblem {
-  SparseGruOptions options;
-  int64_t batch = 0;
-  int64_t steps = 0;
-  GruMatrix w;
-  GruMatrix r;
-  const float* bias = nullptr;
-};
-
 // What a check can expect to see of the arrays.
 enum class GruCheck {
   kShapes,     // shapes only (GetOutputLayouts has no data)
@@ -79,53 +60,6 @@ std::string CheckSparseGru(const SparseGruOptions& options,
 
 // Output shape: [B, T, U] or [B, U].
 std::vector<int32_t> SparseGruOutputDims(const GruProblem& problem);
-
-// Rows per slice of a SlicedMatrix.
-constexpr int64_t kSliceRows = 8;
-
-// A csr R ([3U, U]) repacked for the recurrence, which reads it once per time
-// step: within each gate its rows are sorted by length and cut into slices of
-// kSliceRows, and a slice is stored as groups of kSliceRows (value, column)
-// pairs, one per row, rows shorter than the slice padded with zeros. A step
-// then streams each slice without per-row loop exits and forms vectors of
-// products from contiguous values. int8 values are stored as float with
-// their row's scale applied.
-struct SlicedMatrix {
-  // The csr arrays it was made from (the key of GruScratch::packs).
-  const void* source_values = nullptr;
-  const uint16_t* source_col_indices = nullptr;
-  const float* source_scales = nullptr;
-  std::vector<int32_t> source_row_ptr;
-  int64_t rows = 0;
-  int64_t cols = 0;
-  std::vector<float> values;         // [groups * kSliceRows]
-  std::vector<uint16_t> col_indices;  // [groups * kSliceRows]
-  std::vector<int32_t> slice_ptr;    // [slices + 1]: first group of each slice
-  std::vector<int32_t> lane_row;     // [slices * kSliceRows]: row of each lane, -1 if none
-};
-
-// Packs kept at most; more distinct R matrices than this start the list over.
-constexpr std::size_t kMaxPacks = 16;
-
-// Scratch memory of computations, reused across runs, and the packed R of
-// the ops run so far. LiteRT tells a kernel nothing about which op it runs,
-// so a pack is found again by the addresses of the constant arrays it came
-// from (and its row pointers, compared in full); the kernel drops all packs
-// whenever an op is destroyed, before its model's constants can be freed.
-struct GruScratch {
-  std::vector<float> inputs_t;  // x transposed [F, B*T padded to 8], zero padding
-  std::vector<float> gx_t;      // W x_t for all steps, transposed [3U, B*T padded]
-  std::vector<float> gx;     // W x_t + b_x for all steps [B*T, 3U]
-  std::vector<float> gh;     // recurrent projection of one step [3U]
-  std::vector<float> state;  // h [U]
-  std::vector<float> reset_state;  // r ⊙ h, then the candidate n [U]
-  std::vector<float> row;     // one int8 W row as float [F]
-  std::vector<SlicedMatrix> packs;
-};
-
-// Runs a checked problem: x [B, T, F] to `out` (SparseGruOutputDims).
-void ComputeSparseGru(const GruProblem& problem, const float* x, float* out,
-                      GruScratch* scratch);
 
 class SparseGruKernel : public runtime::CustomOpKernel {
  public:
