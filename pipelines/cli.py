@@ -56,11 +56,15 @@ def _yaml_value(text: str):
 
 
 def _ints(values: list[str], flag: str) -> list[int]:
+    """Positive integers of a list flag (layer sizes, thread counts)."""
     try:
-        return [int(v) for v in values]
+        numbers = [int(v) for v in values]
     except ValueError:
-        raise UserError(f"--{flag} takes comma-separated integers, got {','.join(values)!r}.") \
-            from None
+        numbers = []
+    if not numbers or min(numbers) < 1:
+        raise UserError(f"--{flag} takes comma-separated integers of at least 1, got "
+                        f"{','.join(values)!r}.")
+    return numbers
 
 
 def command_run(args: list[str]) -> None:

@@ -88,3 +88,5 @@ def test_bench_ops_measures_sparse_gru_against_builtin(tmp_path):
 def test_bench_ops_rejects_bad_arguments():
     assert_user_error(edgepipe("bench-ops", "--op", "sparse_lstm"), "custom ops with a benchmark")
     assert_user_error(edgepipe("bench-ops", "--sparsities", "0.5,1.5"), "fractions in [0, 1)")
+    assert_user_error(edgepipe("bench-ops", "--hidden", "256,0"),
+                      "--hidden takes comma-separated integers of at least 1")
