@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "tflite/ops/sparse_gru_compute.h"
 
@@ -39,10 +40,40 @@ inline void Store(float* p, const Vec& v) { std::memcpy(p, &v, sizeof(v)); }
 
 inline Vec Broadcast(float f) { return Vec{} + f; }
 
+// N vectors of weights from w, as floats. For int8 the form matters: GCC 12
+// emits one widening load and one conversion per vector (AVX2: vpmovsxbd +
+// vcvtdq2ps) only for an element-wise initializer, and vectorizes a plain
+// loop into a buffer well only elsewhere (NEON: sxtl + scvtf; with AVX2 that
+// loop measured slower than the float32 rows).
+template <int N>
+inline void LoadAsFloat(const float* w, Vec (&out)[N]) {
+  for (int i = 0; i < N; ++i) out[i] = Load(w + kLanes * i);
+}
+
+#if defined(__AVX2__)
+typedef int32_t IntVec __attribute__((vector_size(kLanes * sizeof(int32_t))));
+
+template <std::size_t... K>
+inline Vec WidenInt8(const int8_t* p, std::index_sequence<K...>) {
+  const IntVec widened = {p[K]...};
+  return __builtin_convertvector(widened, Vec);
+}
+
+template <int N>
+inline void LoadAsFloat(const int8_t* w, Vec (&out)[N]) {
+  for (int i = 0; i < N; ++i) out[i] = WidenInt8(w + kLanes * i, std::make_index_sequence<kLanes>());
+}
+#else
+template <int N>
+inline void LoadAsFloat(const int8_t* w, Vec (&out)[N]) {
+  float converted[N * kLanes];
+  for (int k = 0; k < N * kLanes; ++k) converted[k] = static_cast<float>(w[k]);
+  LoadAsFloat(converted, out);
+}
+#endif
+
 // Dense mat-vec: each row keeps four vectors of partial sums (four
-// independent add chains); int8 rows are converted to float a block at a time
-// (a vectorized loop of its own), and the caller applies the scale once per
-// row.
+// independent add chains); the caller applies an int8 row's scale once.
 template <typename T>
 void DenseRows(const T* m, int64_t cols, int64_t rows, const float* v, float* y) {
   constexpr int kChains = 4, kBlock = kChains * kLanes;
@@ -51,15 +82,9 @@ void DenseRows(const T* m, int64_t cols, int64_t rows, const float* v, float* y)
     const T* w = m + row * cols;
     Vec p[kChains] = {};
     for (int64_t j = 0; j < main; j += kBlock) {
-      const float* wf;
-      float converted[kBlock];
-      if constexpr (std::is_same<T, float>::value) {
-        wf = w + j;
-      } else {
-        for (int k = 0; k < kBlock; ++k) converted[k] = static_cast<float>(w[j + k]);
-        wf = converted;
-      }
-      for (int i = 0; i < kChains; ++i) p[i] += Load(wf + kLanes * i) * Load(v + j + kLanes * i);
+      Vec wv[kChains];
+      LoadAsFloat(w + j, wv);
+      for (int i = 0; i < kChains; ++i) p[i] += wv[i] * Load(v + j + kLanes * i);
     }
     float sum = 0;
     for (int64_t j = main; j < cols; ++j) sum += static_cast<float>(w[j]) * v[j];
@@ -187,13 +212,14 @@ constexpr int64_t kStepBlock = 8;
 
 // o[s0 + i] = sum_k w[k] * xt[col_k][s0 + i], i < V lanes (col_k = cols[k], or k
 // when dense): the V vectors of sums stay in registers while the row streams
-// by, V independent chains so no add waits on the one before.
-template <int V>
-void ProjectRow(const float* w, const uint16_t* cols, int64_t n, const float* xt,
-                int64_t stride, int64_t s0, float* o) {
+// by, V independent chains so no add waits on the one before. An int8 weight
+// is converted as it is broadcast, in the shadow of its V multiply-adds.
+template <int V, typename T>
+void ProjectRow(const T* w, const uint16_t* cols, int64_t n, const float* xt, int64_t stride,
+                int64_t s0, float* o) {
   Vec acc[V] = {};
   for (int64_t k = 0; k < n; ++k) {
-    const Vec v = Broadcast(w[k]);
+    const Vec v = Broadcast(static_cast<float>(w[k]));
     const float* x = xt + (cols ? cols[k] : k) * stride + s0;
     for (int i = 0; i < V; ++i) acc[i] += v * Load(x + kLanes * i);
   }
@@ -202,23 +228,14 @@ void ProjectRow(const float* w, const uint16_t* cols, int64_t n, const float* xt
 
 // out[row][s] = (M x_s)[row] for all padded steps s < stride (a multiple of
 // kStepBlock), from xt = x transposed ([cols][stride]): each row is read
-// (int8: converted to float in `row_buf`) once for all steps.
+// once for all steps.
 template <typename T>
-void ProjectAll(const GruMatrix& m, const float* xt, int64_t stride, float* out,
-                std::vector<float>* row_buf) {
+void ProjectAll(const GruMatrix& m, const float* xt, int64_t stride, float* out) {
   const T* values = static_cast<const T*>(m.values);
-  row_buf->resize(static_cast<std::size_t>(m.cols));
   for (int64_t row = 0; row < m.rows; ++row) {
     const int64_t begin = m.row_ptr ? m.row_ptr[row] : row * m.cols;
     const int64_t n = m.row_ptr ? m.row_ptr[row + 1] - begin : m.cols;
-    const float* w;
-    if (std::is_same<T, float>::value) {
-      w = reinterpret_cast<const float*>(values + begin);
-    } else {
-      float* buf = row_buf->data();
-      for (int64_t k = 0; k < n; ++k) buf[k] = static_cast<float>(values[begin + k]);
-      w = buf;
-    }
+    const T* w = values + begin;
     const uint16_t* cols = m.row_ptr ? m.col_indices + begin : nullptr;
     float* o = out + row * stride;
     int64_t s0 = 0;  // passes of at most 8 vectors: 8 chains, and registers to spare
@@ -311,9 +328,9 @@ void ComputeSparseGru(const GruProblem& p, const float* x, float* out, GruScratc
     for (int64_t j = 0; j < f; ++j) xt[j * stride + s] = x[s * f + j];
   }
   if (p.w.scales) {
-    ProjectAll<int8_t>(p.w, xt, stride, gx_t, &scratch->row);
+    ProjectAll<int8_t>(p.w, xt, stride, gx_t);
   } else {
-    ProjectAll<float>(p.w, xt, stride, gx_t, &scratch->row);
+    ProjectAll<float>(p.w, xt, stride, gx_t);
   }
   for (int64_t s = 0; s < sequences; ++s) {
     for (int64_t i = 0; i < gates; ++i) gx_all[s * gates + i] = gx_t[i * stride + s] + b_x[i];

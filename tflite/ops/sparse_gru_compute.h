@@ -73,7 +73,6 @@ struct GruScratch {
   std::vector<float> gh;     // recurrent projection of one step [3U]
   std::vector<float> state;  // h [U]
   std::vector<float> reset_state;  // r ⊙ h, then the candidate n [U]
-  std::vector<float> row;     // one int8 W row as float [F]
   std::vector<SlicedMatrix> packs;
 };
 

@@ -1,7 +1,8 @@
 // SparseGRU kernel without LiteRT in the loop: the options parser on real and
 // hand-damaged flexbuffers, every validation check on in-memory inputs, and
 // the computation against hand-computed values and against its own dense
-// float32 path (CSR = dense, int8 = dequantized float). Models through LiteRT
+// float32 path (CSR = dense, int8 = dequantized float), and each
+// instruction-set variant against a scalar reference. Models through LiteRT
 // are tested from Python (tests/test_sparse_gru_kernel.py).
 
 #include "tflite/ops/sparse_gru_kernel.h"
@@ -412,6 +413,111 @@ void TestFormatsAgree() {
   }
 }
 
+// The matrix a model stores, as dense doubles (int8: times the row scales).
+std::vector<double> StoredDense(const Model& m, bool recurrent) {
+  const auto& o = m.options;
+  const int64_t rows = 3 * o.units, cols = recurrent ? o.units : o.input_size;
+  const bool int8 = o.precision == GruPrecision::kInt8;
+  const std::vector<float>& vf = recurrent ? m.r_float : m.w_float;
+  const std::vector<int8_t>& vi = recurrent ? m.r_int8 : m.w_int8;
+  const std::vector<uint16_t>& c = recurrent ? m.r_cols : m.w_cols;
+  const std::vector<int32_t>& p = recurrent ? m.r_ptr : m.w_ptr;
+  const std::vector<float>& s = recurrent ? m.r_scales : m.w_scales;
+  std::vector<double> dense(static_cast<size_t>(rows * cols), 0.0);
+  for (int64_t row = 0; row < rows; ++row) {
+    for (int32_t k = p[row]; k < p[row + 1]; ++k) {
+      const int64_t col = o.format == GruFormat::kCsr ? c[k] : k - p[row];
+      dense[row * cols + col] = int8 ? vi[k] * static_cast<double>(s[row]) : vf[k];
+    }
+  }
+  return dense;
+}
+
+// The GRU in doubles, scalar loops, from the stored matrices: the reference
+// both instruction-set variants are held to.
+std::vector<float> ScalarGru(const Model& m) {
+  const auto& o = m.options;
+  const int64_t u = o.units, f = o.input_size;
+  const std::vector<double> w = StoredDense(m, false), r = StoredDense(m, true);
+  // rows [g * u, (g + 1) * u) of M times v, plus bias[offset + row] when given
+  auto gate = [](const std::vector<double>& mat, int64_t g, int64_t rows,
+                 const std::vector<double>& v, const float* bias) {
+    std::vector<double> out(static_cast<size_t>(rows));
+    for (int64_t i = 0; i < rows; ++i) {
+      const double* row = &mat[(g * rows + i) * v.size()];
+      out[i] = bias ? bias[g * rows + i] : 0.0;
+      for (size_t j = 0; j < v.size(); ++j) out[i] += row[j] * v[j];
+    }
+    return out;
+  };
+  auto sigmoid = [](double v) { return 1 / (1 + std::exp(-v)); };
+  const float* b_h = o.reset_after ? m.bias.data() + 3 * u : nullptr;
+  std::vector<float> out;
+  for (int b = 0; b < m.batch; ++b) {
+    std::vector<double> h(static_cast<size_t>(u), 0.0);
+    for (int t = 0; t < m.steps; ++t) {
+      const float* x_t = m.x.data() + (b * m.steps + t) * f;
+      const std::vector<double> x(x_t, x_t + f);
+      std::vector<double> z = gate(w, 0, u, x, m.bias.data()), rg = gate(w, 1, u, x, m.bias.data()),
+                          n = gate(w, 2, u, x, m.bias.data());
+      const std::vector<double> hz = gate(r, 0, u, h, b_h), hr = gate(r, 1, u, h, b_h);
+      for (int64_t i = 0; i < u; ++i) {
+        z[i] = sigmoid(z[i] + hz[i]);
+        rg[i] = sigmoid(rg[i] + hr[i]);
+      }
+      std::vector<double> rh = h;
+      if (!o.reset_after) {
+        for (int64_t i = 0; i < u; ++i) rh[i] *= rg[i];
+      }
+      const std::vector<double> hn = gate(r, 2, u, rh, b_h);
+      for (int64_t i = 0; i < u; ++i) {
+        n[i] = std::tanh(n[i] + (o.reset_after ? rg[i] * hn[i] : hn[i]));
+        h[i] = z[i] * h[i] + (1 - z[i]) * n[i];
+      }
+      if (o.return_sequences || t == m.steps - 1) out.insert(out.end(), h.begin(), h.end());
+    }
+  }
+  return out;
+}
+
+// Each instruction-set variant this machine runs against the scalar
+// reference, for every precision, format and gate form, at sizes where the
+// vector loops, their tails and several slices per gate all run.
+void TestVariantsMatchScalarReference() {
+  typedef void (*Variant)(const GruProblem&, const float*, float*, GruScratch*);
+  std::vector<std::pair<const char*, Variant>> variants = {
+      {"baseline", edgepipe::ops::baseline::ComputeSparseGru}};
+#if defined(EDGEPIPE_GRU_AVX2)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    variants.push_back({"avx2", edgepipe::ops::avx2::ComputeSparseGru});
+  }
+#endif
+  for (GruPrecision precision : {GruPrecision::kFloat32, GruPrecision::kInt8}) {
+    for (GruFormat format : {GruFormat::kDense, GruFormat::kCsr}) {
+      for (bool reset_after : {true, false}) {
+        std::vector<float> w, r;
+        const Model m = RandomModel({37, 70, reset_after, true, precision, format}, 2, 13, 31,
+                                    0.6f, &w, &r);
+        const std::vector<float> want = ScalarGru(m);
+        for (const auto& [name, compute] : variants) {
+          GruProblem problem;
+          const std::string error = CheckSparseGru(m.options, Inputs(m), 1,
+                                                   edgepipe::ops::GruCheck::kRun, &problem);
+          std::vector<float> got(want.size(), -99.0f);
+          GruScratch scratch;
+          if (error.empty()) compute(problem, m.x.data(), got.data(), &scratch);
+          CHECK(error.empty() && MaxDiff(got, want) < 1e-5f,
+                "%s, %s %s reset_after %d: differs by %g %s", name,
+                precision == GruPrecision::kInt8 ? "int8" : "float32",
+                format == GruFormat::kCsr ? "csr" : "dense", reset_after, MaxDiff(got, want),
+                error.c_str());
+        }
+      }
+    }
+  }
+}
+
 std::string CheckError(const Model& m, std::vector<GruTensor> inputs, size_t outputs = 1) {
   return CheckSparseGru(m.options, inputs, outputs, edgepipe::ops::GruCheck::kPreflight, nullptr);
 }
@@ -578,6 +684,7 @@ int main() {
   TestHandComputed();
   TestFormatsAgree();
   TestPacksFollowTheirArrays();
+  TestVariantsMatchScalarReference();
   TestValidation();
   if (failures) {
     std::fprintf(stderr, "%d check(s) failed\n", failures);
