@@ -20,7 +20,8 @@ PYTHON="${PYTHON:-python3}"
 # bazel-rules-proto are the local copies of rules Bazel would otherwise download
 # (see WORKSPACE); zip/unzip are used by Bazel for runfiles and test outputs;
 # clang and libclang-rt-14-dev (libFuzzer, sanitizers) build the kernels' fuzz
-# targets.
+# targets; g++-aarch64-linux-gnu and qemu-user-static build the native code for
+# arm64 and run the kernel's test there (tests/test_arm64_build.py).
 DEBIAN_PACKAGES=(
     build-essential
     python3-venv
@@ -34,6 +35,8 @@ DEBIAN_PACKAGES=(
     unzip
     clang
     libclang-rt-14-dev
+    g++-aarch64-linux-gnu
+    qemu-user-static
 )
 
 log() { printf 'setup: %s\n' "$*"; }
