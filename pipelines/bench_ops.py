@@ -3,8 +3,8 @@
 For `sparse_gru`: one GRU layer (input size = hidden, batch 1, one thread) at several
 sparsities, as the SparseGRU custom op (float32 and int8 weights) and as the
 builtin conversions of the same layer (the WHILE loop, and the unrolled form where
-it converts), all measured by the native runner in one run. Rows are
-{op, impl, precision, hidden, sparsity, mean_us, file_bytes}.
+it converts), all measured by the native runner in one run, in alternating rounds.
+Rows are {op, impl, precision, hidden, sparsity, mean_us, file_bytes}.
 """
 from __future__ import annotations
 
@@ -38,15 +38,22 @@ def prune_by_magnitude(model: keras.Model, sparsity: float) -> None:
         weight.assign(values)
 
 
-def _measure(flatbuffer: bytes, folder: Path, name: str, settings: RunSettings) -> dict:
-    path = folder / f"{name}.tflite"
-    path.write_bytes(flatbuffer)
-    document = run_on_host(runner_binary(), path, 1, settings)
-    return {"mean_us": document["steady_state"]["mean_us"], "file_bytes": len(flatbuffer)}
+def measure_in_rounds(paths: list[Path], rounds: int, settings: RunSettings) -> list[float]:
+    """Mean µs of each model over `rounds` rounds of one runner call each, every other
+    round in reverse order: on a shared machine whose speed drifts, the drift then falls
+    on all models alike and their ratios hold. Means are weighted by run counts."""
+    total_us = dict.fromkeys(paths, 0.0)
+    count = dict.fromkeys(paths, 0)
+    for round_index in range(rounds):
+        for path in paths if round_index % 2 == 0 else paths[::-1]:
+            steady = run_on_host(runner_binary(), path, 1, settings)["steady_state"]
+            total_us[path] += steady["mean_us"] * steady["count"]
+            count[path] += steady["count"]
+    return [total_us[path] / count[path] for path in paths]
 
 
 def bench_sparse_gru(hiddens: list[int], sparsities: list[float], steps: int,
-                     settings: RunSettings) -> list[dict]:
+                     settings: RunSettings, rounds: int) -> list[dict]:
     from tflite.convert import convert_model
     from tflite.ops.sparse_gru_lowering import convert_with_sparse_gru
 
@@ -57,6 +64,7 @@ def bench_sparse_gru(hiddens: list[int], sparsities: list[float], steps: int,
             keras.utils.set_random_seed(hidden)
             rolled = gru_layer_model(hidden, steps, unroll=False)
             base_weights = rolled.get_weights()
+            models: list[tuple[dict, bytes]] = []  # (row without mean_us, flatbuffer)
             for impl, unroll in (("builtin_while", False), ("builtin_unrolled", True)):
                 model = gru_layer_model(hidden, steps, unroll=unroll) if unroll else rolled
                 model.set_weights(base_weights)
@@ -65,21 +73,25 @@ def bench_sparse_gru(hiddens: list[int], sparsities: list[float], steps: int,
                 except UserError as e:
                     logging.warning("%s hidden=%d does not convert: %s", impl, hidden, e)
                     continue
-                logging.info("measuring %s hidden=%d", impl, hidden)
-                rows.append({"op": "sparse_gru", "impl": impl, "precision": "float32",
-                             "hidden": hidden, "sparsity": 0.0,
-                             **_measure(flatbuffer, folder, f"{impl}_{hidden}", settings)})
+                models.append(({"impl": impl, "precision": "float32", "sparsity": 0.0},
+                               flatbuffer))
             for sparsity in sparsities:
                 rolled.set_weights(base_weights)
                 prune_by_magnitude(rolled, sparsity)
                 for precision in ("float32", "int8"):
-                    logging.info("measuring sparse_gru %s hidden=%d sparsity=%.2f",
-                                 precision, hidden, sparsity)
-                    flatbuffer = convert_with_sparse_gru(rolled, precision=precision)
-                    rows.append({"op": "sparse_gru", "impl": "sparse_gru", "precision": precision,
-                                 "hidden": hidden, "sparsity": sparsity,
-                                 **_measure(flatbuffer, folder,
-                                            f"sparse_{precision}_{hidden}_{sparsity}", settings)})
+                    models.append(({"impl": "sparse_gru", "precision": precision,
+                                    "sparsity": sparsity},
+                                   convert_with_sparse_gru(rolled, precision=precision)))
+            paths = []
+            for index, (row, flatbuffer) in enumerate(models):
+                paths.append(folder / f"{hidden}_{index}_{row['impl']}_{row['precision']}.tflite")
+                paths[-1].write_bytes(flatbuffer)
+            logging.info("measuring %d models of hidden %d in %d round(s)", len(paths), hidden,
+                         rounds)
+            means = measure_in_rounds(paths, rounds, settings)
+            for (row, flatbuffer), mean_us in zip(models, means):
+                rows.append({"op": "sparse_gru", **row, "hidden": hidden, "mean_us": mean_us,
+                             "file_bytes": len(flatbuffer)})
     return rows
 
 
@@ -102,7 +114,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def bench_op(op: str, hiddens: list[int], sparsities: list[float], steps: int,
-             settings: RunSettings) -> list[dict]:
+             settings: RunSettings, rounds: int) -> list[dict]:
     if op not in OPS:
         raise UserError(f"--op {op!r}: custom ops with a benchmark are {', '.join(OPS)}.")
-    return bench_sparse_gru(hiddens, sparsities, steps, settings)
+    return bench_sparse_gru(hiddens, sparsities, steps, settings, rounds)

@@ -48,9 +48,25 @@ def measure(target: str, model_path: Path, settings: BenchmarkConfig, journal: P
     return [to_benchmark_record(m) for m in measurements]
 
 
-def check_targets(targets: list[str]) -> None:
+def check_run_counts(warmup_runs: int, num_runs: int, min_secs: float) -> None:
+    """Refuse what the runner would refuse, before anything is trained or converted."""
+    if warmup_runs < 0:
+        raise UserError(f"warmup_runs must be 0 or more, got {warmup_runs}.")
+    if num_runs < 1:
+        raise UserError(f"num_runs must be at least 1, got {num_runs}.")
+    if min_secs < 0:
+        raise UserError(f"min_secs must be 0 or more seconds, got {min_secs}.")
+
+
+def check_benchmark(settings: BenchmarkConfig) -> None:
+    """The benchmark section, checked before a run starts."""
+    targets = settings.targets
     if not targets:
         raise UserError("benchmark.targets is empty: use host, a device serial, or all.")
     if "all" in targets and len(targets) > 1 and set(targets) - {"all", "host"}:
         raise UserError(f"benchmark.targets {targets}: 'all' already means every device; "
                         "list serials or all, not both.")
+    if not settings.threads or min(settings.threads) < 1:
+        raise UserError(f"benchmark.threads must list thread counts of at least 1, got "
+                        f"{settings.threads}.")
+    check_run_counts(settings.warmup_runs, settings.num_runs, settings.min_secs)

@@ -48,6 +48,8 @@ flags.DEFINE_list("hidden", ["256", "512", "1024"], "bench-ops: layer sizes (inp
 flags.DEFINE_list("sparsities", ["0", "0.5", "0.8", "0.9", "0.95"], "bench-ops: weight "
                   "sparsities of the custom op.")
 flags.DEFINE_integer("steps", 50, "bench-ops: sequence length.")
+flags.DEFINE_integer("rounds", 2, "bench-ops: measure every model this many times, every other "
+                     "round in reverse order, and average (drift falls on all alike).")
 
 
 def _yaml_value(text: str):
@@ -118,7 +120,7 @@ def command_bench(args: list[str]) -> None:
     import tempfile
 
     from core import atomic
-    from pipelines.benchmark import check_targets, measure
+    from pipelines.benchmark import check_benchmark, measure
     from pipelines.config import BenchmarkConfig
     from pipelines.report import benchmarks_table
 
@@ -127,10 +129,10 @@ def command_bench(args: list[str]) -> None:
     path = Path(FLAGS.model)
     if not path.is_file():
         raise UserError(f"--model {FLAGS.model!r} does not exist.")
-    check_targets(FLAGS.target)
     settings = BenchmarkConfig(targets=FLAGS.target, threads=_ints(FLAGS.threads, "threads"),
                                warmup_runs=FLAGS.warmup_runs, num_runs=FLAGS.num_runs,
                                min_secs=FLAGS.min_secs, affinity=FLAGS.affinity)
+    check_benchmark(settings)
     # Measurements are journalled next to the JSON output (or in a temporary
     # folder), so an interrupted multi-device benchmark keeps what finished.
     journal_dir = Path(FLAGS.json_output).parent if FLAGS.json_output else \
@@ -147,6 +149,7 @@ def command_bench_ops(args: list[str]) -> None:
     from android_bench.runner import RunSettings
     from core import atomic
     from pipelines.bench_ops import bench_op, format_table
+    from pipelines.benchmark import check_run_counts
 
     try:
         sparsities = [float(s) for s in FLAGS.sparsities]
@@ -155,9 +158,15 @@ def command_bench_ops(args: list[str]) -> None:
             from None
     if not all(0 <= s < 1 for s in sparsities):
         raise UserError("--sparsities must be fractions in [0, 1), e.g. 0,0.5,0.9.")
+    if FLAGS.rounds < 1:
+        raise UserError(f"--rounds must be at least 1, got {FLAGS.rounds}.")
+    if FLAGS.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {FLAGS.steps}.")
+    check_run_counts(FLAGS.warmup_runs, FLAGS.num_runs, FLAGS.min_secs)
     settings = RunSettings(warmup_runs=FLAGS.warmup_runs, num_runs=FLAGS.num_runs,
                            min_secs=FLAGS.min_secs, extra_args=("--warmup_min_secs=0",))
-    rows = bench_op(FLAGS.op, _ints(FLAGS.hidden, "hidden"), sparsities, FLAGS.steps, settings)
+    rows = bench_op(FLAGS.op, _ints(FLAGS.hidden, "hidden"), sparsities, FLAGS.steps, settings,
+                    FLAGS.rounds)
     print(format_table(rows))
     if FLAGS.json_output:
         atomic.write_json(FLAGS.json_output, rows)

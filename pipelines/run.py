@@ -26,7 +26,7 @@ from core.keras_env import keras, tf
 from models.registry import build_model, ensure_tf_keras_model
 from models.summary import summarize
 from pipelines import optimize, pruning, report
-from pipelines.benchmark import check_targets, measure as measure_target
+from pipelines.benchmark import check_benchmark, measure as measure_target
 from pipelines.config import ModelConfig, RunConfig, to_dict, variant_stage
 from pipelines.data import Dataset, load_dataset
 from pipelines.stages import StageRunner, stage_key
@@ -253,7 +253,7 @@ def run_pipeline(config: RunConfig, datasets: dict[str, Dataset] | None = None,
     if unknown:
         raise UserError(f"no model named {unknown[0]!r} in the config; models are "
                         f"{', '.join(m.name for m in config.models)}.")
-    check_targets(config.benchmark.targets)
+    check_benchmark(config.benchmark)
     output_dir = Path(config.output_dir)
     stages = StageRunner(output_dir)
     model_entries, variant_rows = [], []

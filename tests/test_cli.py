@@ -32,6 +32,11 @@ def test_unknown_command_prints_usage():
     (["bench"], "bench needs --model"),
     (["bench", "--model", "/no/model.tflite"], "--model '/no/model.tflite' does not exist"),
     (["summary", "--builder", "resnet50"], "resnet50"),
+    (["run", "--set", "benchmark.num_runs=0"], "num_runs must be at least 1, got 0"),
+    (["run", "--set", "benchmark.threads=[0]"], "benchmark.threads must list thread counts"),
+    (["bench", "--model", __file__, "--warmup_runs", "-1"], "warmup_runs must be 0 or more"),
+    (["bench-ops", "--min_secs", "-2"], "min_secs must be 0 or more seconds, got -2.0"),
+    (["bench-ops", "--steps", "0"], "--steps must be at least 1, got 0"),
 ])
 def test_user_mistakes(args, message, tmp_path):
     result = edgepipe(*args, "--output_dir", str(tmp_path / "out")) if args[0] == "run" \
@@ -71,7 +76,7 @@ def test_bench_ops_measures_sparse_gru_against_builtin(tmp_path):
     out = tmp_path / "ops.json"
     result = edgepipe("bench-ops", "--op", "sparse_gru", "--hidden", "16", "--steps", "5",
                       "--sparsities", "0,0.9", "--num_runs", "3", "--warmup_runs", "1",
-                      "--json_output", str(out))
+                      "--rounds", "3", "--json_output", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(out.read_text())
     assert {(r["impl"], r["precision"], r["sparsity"]) for r in rows} == {
@@ -88,5 +93,6 @@ def test_bench_ops_measures_sparse_gru_against_builtin(tmp_path):
 def test_bench_ops_rejects_bad_arguments():
     assert_user_error(edgepipe("bench-ops", "--op", "sparse_lstm"), "custom ops with a benchmark")
     assert_user_error(edgepipe("bench-ops", "--sparsities", "0.5,1.5"), "fractions in [0, 1)")
+    assert_user_error(edgepipe("bench-ops", "--rounds", "0"), "--rounds must be at least 1")
     assert_user_error(edgepipe("bench-ops", "--hidden", "256,0"),
                       "--hidden takes comma-separated integers of at least 1")
