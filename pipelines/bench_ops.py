@@ -97,19 +97,25 @@ def bench_sparse_gru(hiddens: list[int], sparsities: list[float], steps: int,
 
 def format_table(rows: list[dict]) -> str:
     """Rows with the speed-up over the builtin WHILE loop of the same hidden size, the
-    ratio of that speed-up to the ideal (the parameter reduction) and the size ratio."""
+    ratio of that speed-up to the ideal (the parameter reduction), the size ratio and,
+    for int8, its speed against float32 weights at the same sparsity."""
     builtin = {r["hidden"]: r for r in rows if r["impl"] == "builtin_while"}
+    float32 = {(r["hidden"], r["sparsity"]): r for r in rows
+               if r["impl"] == "sparse_gru" and r["precision"] == "float32"}
     lines = ["| impl | precision | hidden | sparsity | mean µs | speed-up vs WHILE | "
-             "of ideal | file KiB | smaller than WHILE file |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "of ideal | file KiB | smaller than WHILE file | int8 vs float32 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         base = builtin.get(r["hidden"])
         speedup = base["mean_us"] / r["mean_us"] if base else float("nan")
         ideal = 1.0 / max(1.0 - r["sparsity"], 1e-9)
         smaller = base["file_bytes"] / r["file_bytes"] if base else float("nan")
+        same_float = float32.get((r["hidden"], r["sparsity"]))
+        versus = (f"{same_float['mean_us'] / r['mean_us']:.2f}x"
+                  if r["precision"] == "int8" and same_float else "")
         lines.append(f"| {r['impl']} | {r['precision']} | {r['hidden']} | {r['sparsity']:.0%} | "
                      f"{r['mean_us']:.1f} | {speedup:.2f}x | {speedup / ideal:.0%} | "
-                     f"{r['file_bytes'] / 1024:.1f} | {smaller:.2f}x |")
+                     f"{r['file_bytes'] / 1024:.1f} | {smaller:.2f}x | {versus} |")
     return "\n".join(lines)
 
 

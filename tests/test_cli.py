@@ -87,7 +87,7 @@ def test_bench_ops_measures_sparse_gru_against_builtin(tmp_path):
                and r["file_bytes"] > 0 for r in rows)
     sizes = {(r["impl"], r["precision"], r["sparsity"]): r["file_bytes"] for r in rows}
     assert sizes[("sparse_gru", "float32", 0.9)] < sizes[("sparse_gru", "float32", 0.0)]
-    assert "speed-up vs WHILE" in result.stdout
+    assert "speed-up vs WHILE" in result.stdout and "int8 vs float32" in result.stdout
 
 
 def test_bench_ops_rejects_bad_arguments():

@@ -213,15 +213,19 @@ constexpr int64_t kStepBlock = 8;
 // o[s0 + i] = sum_k w[k] * xt[col_k][s0 + i], i < V lanes (col_k = cols[k], or k
 // when dense): the V vectors of sums stay in registers while the row streams
 // by, V independent chains so no add waits on the one before. An int8 weight
-// is converted as it is broadcast, in the shadow of its V multiply-adds.
+// is converted as it is broadcast, in the shadow of its V multiply-adds, and
+// the sums take the row's scale in registers.
 template <int V, typename T>
 void ProjectRow(const T* w, const uint16_t* cols, int64_t n, const float* xt, int64_t stride,
-                int64_t s0, float* o) {
+                int64_t s0, float scale, float* o) {
   Vec acc[V] = {};
   for (int64_t k = 0; k < n; ++k) {
     const Vec v = Broadcast(static_cast<float>(w[k]));
     const float* x = xt + (cols ? cols[k] : k) * stride + s0;
     for (int i = 0; i < V; ++i) acc[i] += v * Load(x + kLanes * i);
+  }
+  if constexpr (std::is_same<T, int8_t>::value) {
+    for (int i = 0; i < V; ++i) acc[i] *= scale;
   }
   for (int i = 0; i < V; ++i) Store(o + s0 + kLanes * i, acc[i]);
 }
@@ -238,21 +242,20 @@ void ProjectAll(const GruMatrix& m, const float* xt, int64_t stride, float* out)
     const T* w = values + begin;
     const uint16_t* cols = m.row_ptr ? m.col_indices + begin : nullptr;
     float* o = out + row * stride;
+    const float scale = m.scales ? m.scales[row] : 1.0f;
     int64_t s0 = 0;  // passes of at most 8 vectors: 8 chains, and registers to spare
-    for (; stride - s0 >= 8 * kLanes; s0 += 8 * kLanes) ProjectRow<8>(w, cols, n, xt, stride, s0, o);
-    switch ((stride - s0) / kLanes) {
-      case 7: ProjectRow<7>(w, cols, n, xt, stride, s0, o); break;
-      case 6: ProjectRow<6>(w, cols, n, xt, stride, s0, o); break;
-      case 5: ProjectRow<5>(w, cols, n, xt, stride, s0, o); break;
-      case 4: ProjectRow<4>(w, cols, n, xt, stride, s0, o); break;
-      case 3: ProjectRow<3>(w, cols, n, xt, stride, s0, o); break;
-      case 2: ProjectRow<2>(w, cols, n, xt, stride, s0, o); break;
-      case 1: ProjectRow<1>(w, cols, n, xt, stride, s0, o); break;
-      default: break;
+    for (; stride - s0 >= 8 * kLanes; s0 += 8 * kLanes) {
+      ProjectRow<8>(w, cols, n, xt, stride, s0, scale, o);
     }
-    if (m.scales) {
-      const float scale = m.scales[row];
-      for (int64_t s = 0; s < stride; ++s) o[s] *= scale;
+    switch ((stride - s0) / kLanes) {
+      case 7: ProjectRow<7>(w, cols, n, xt, stride, s0, scale, o); break;
+      case 6: ProjectRow<6>(w, cols, n, xt, stride, s0, scale, o); break;
+      case 5: ProjectRow<5>(w, cols, n, xt, stride, s0, scale, o); break;
+      case 4: ProjectRow<4>(w, cols, n, xt, stride, s0, scale, o); break;
+      case 3: ProjectRow<3>(w, cols, n, xt, stride, s0, scale, o); break;
+      case 2: ProjectRow<2>(w, cols, n, xt, stride, s0, scale, o); break;
+      case 1: ProjectRow<1>(w, cols, n, xt, stride, s0, scale, o); break;
+      default: break;
     }
   }
 }
