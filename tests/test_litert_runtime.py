@@ -100,14 +100,15 @@ def sparse_gru_model() -> bytes:
     return convert_with_sparse_gru(keras.Model(inputs, outputs))
 
 
-def edit_sparse_gru_inputs(data: bytes, edit) -> bytes:
-    """`data` with edit(inputs, number of tensors) as its SparseGRU op's inputs."""
+def edit_sparse_gru_inputs(data: bytes, edit, side: str = "inputs") -> bytes:
+    """`data` with edit(indices, number of tensors) as its SparseGRU op's inputs (or
+    outputs)."""
     model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
     edited = 0
     for graph in model.subgraphs:
         for op in graph.operators:
             if model.operatorCodes[op.opcodeIndex].customCode == b"SparseGRU":
-                op.inputs = edit(list(op.inputs), len(graph.tensors))
+                setattr(op, side, edit(list(getattr(op, side)), len(graph.tensors)))
                 edited += 1
     assert edited == 1
     builder = flatbuffers.Builder(1024)
@@ -127,6 +128,19 @@ def test_sparse_gru_with_absent_input_is_refused_not_crashed(sparse_gru_model, t
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stderr
     assert message.search(result.stderr) and result.stdout == "", result.stderr
+
+
+def test_sparse_gru_with_absent_output_is_refused_not_crashed(sparse_gru_model, tmp_path):
+    """LiteRT's own loader refuses a -1 output, so the scan leaves outputs to it."""
+    path = tmp_path / "no_output.tflite"
+    path.write_bytes(edit_sparse_gru_inputs(sparse_gru_model, lambda outputs, _: [-1],
+                                            side="outputs"))
+    with pytest.raises(UserError, match="cannot parse"):
+        LiteRtRunner(path.read_bytes())
+    result = subprocess.run([str(REPO / ".native" / "litert_bench"), f"--graph={path}"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stdout == "", result.stderr
+    assert "cannot parse" in result.stderr, result.stderr
 
 
 def test_tensor_index_out_of_range_is_refused(sparse_gru_model):
