@@ -347,6 +347,7 @@ bool Runtime::Compile(const RuntimeOptions& options, std::string* error) {
     return false;
   }
   for (CustomOpKernel* kernel : used_kernels_) {
+    kernel->SetNumThreads(options.num_threads);
     status = LiteRtAddCustomOpKernelOption(options_, kernel->name(), kernel->version(),
                                            &kernel->callbacks(), kernel->user_data());
     if (status != kLiteRtStatusOk) {

@@ -60,6 +60,9 @@ class CustomOpKernel {
   // LiteRT ignores the status a kernel's Run returns, so a kernel records its
   // failure and the runtime collects it here after every run (empty: none).
   virtual std::string TakeRunError() = 0;
+  // The thread count of the model being compiled, for kernels that split
+  // their work; a kernel shared by several models follows the latest.
+  virtual void SetNumThreads(int /*threads*/) {}
 };
 
 // The kernels edgepipe ships: SparseGRU (tflite/ops/).

@@ -46,7 +46,9 @@ def test_sparse_gru_kernel_test_passes_on_arm64(tmp_path):
     binary = tmp_path / "sparse_gru_kernel_test"
     _compile(["-static", "-ffunction-sections", "-fdata-sections", "-Wl,--gc-sections",
               *(str(ops / name) for name in ("sparse_gru_kernel_test.cc", "sparse_gru_kernel.cc",
-                                             "sparse_gru_compute.cc", "sparse_gru_options.cc")),
+                                             "sparse_gru_compute.cc", "sparse_gru_options.cc",
+                                             "worker_team.cc")),
+              "-pthread",
               "-o", str(binary)])
     header = binary.read_bytes()[:20]
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == EM_AARCH64

@@ -330,6 +330,7 @@ def test_fuzz_options_and_validation(tmp_path):
                  (p, f, r) for p in ("float32", "int8") for f in ("csr", "dense")
                  for r in (True, False))]
     run_libfuzzer([ops / "fuzz" / "sparse_gru_fuzz.cc", ops / "sparse_gru_kernel.cc",
-                   ops / "sparse_gru_compute.cc", ops / "sparse_gru_options.cc"],
+                   ops / "sparse_gru_compute.cc", ops / "sparse_gru_options.cc",
+                   ops / "worker_team.cc"],
                   [fuzz_seed(case) for case in seeds], tmp_path, FUZZ_SECONDS, max_len=4096,
                   link_litert=True)

@@ -230,13 +230,14 @@ void ProjectRow(const T* w, const uint16_t* cols, int64_t n, const float* xt, in
   for (int i = 0; i < V; ++i) Store(o + s0 + kLanes * i, acc[i]);
 }
 
-// out[row][s] = (M x_s)[row] for all padded steps s < stride (a multiple of
-// kStepBlock), from xt = x transposed ([cols][stride]): each row is read
-// once for all steps.
+// out[row][s] = (M x_s)[row] for rows [row_begin, row_end) and all padded
+// steps s < stride (a multiple of kStepBlock), from xt = x transposed
+// ([cols][stride]): each row is read once for all steps.
 template <typename T>
-void ProjectAll(const GruMatrix& m, const float* xt, int64_t stride, float* out) {
+void ProjectRows(const GruMatrix& m, int64_t row_begin, int64_t row_end, const float* xt,
+                 int64_t stride, float* out) {
   const T* values = static_cast<const T*>(m.values);
-  for (int64_t row = 0; row < m.rows; ++row) {
+  for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t begin = m.row_ptr ? m.row_ptr[row] : row * m.cols;
     const int64_t n = m.row_ptr ? m.row_ptr[row + 1] - begin : m.cols;
     const T* w = values + begin;
@@ -303,9 +304,36 @@ void TanhInPlace(float* a, int64_t n) {
   for (int64_t i = 0; i < n; ++i) a[i] = 1.0f - 2.0f / (a[i] + 1.0f);
 }
 
+// Where part `part` of `parts` of [begin, end) starts, so that the parts hold
+// about equal shares of work: prefix[i] is the work before item i (csr row
+// pointers, slice group pointers), or items count alike when prefix is null.
+int64_t PartStart(const int32_t* prefix, int64_t begin, int64_t end, int part, int parts) {
+  if (part == 0) return begin;
+  if (part == parts) return end;
+  if (!prefix) return begin + (end - begin) * part / parts;
+  const int64_t target = prefix[begin] + (int64_t{prefix[end]} - prefix[begin]) * part / parts;
+  return std::lower_bound(prefix + begin, prefix + end, target) - prefix;
+}
+
+// Runs work(begin, end) over [begin, end) split among the team's threads (or
+// on this thread alone when there is no team).
+template <typename Work>
+void Split(WorkerTeam* team, const int32_t* prefix, int64_t begin, int64_t end,
+           const Work& work) {
+  if (!team) {
+    work(begin, end);
+    return;
+  }
+  const int parts = team->size();
+  team->Run([&](int part) {
+    work(PartStart(prefix, begin, end, part, parts), PartStart(prefix, begin, end, part + 1, parts));
+  });
+}
+
 }  // namespace
 
-void ComputeSparseGru(const GruProblem& p, const float* x, float* out, GruScratch* scratch) {
+void ComputeSparseGru(const GruProblem& p, const float* x, float* out, GruScratch* scratch,
+                      WorkerTeam* team) {
   const int64_t u = p.options.units, f = p.options.input_size, gates = 3 * u;
   const int64_t sequences = p.batch * p.steps;
   const int64_t stride = (sequences + kStepBlock - 1) / kStepBlock * kStepBlock;
@@ -319,6 +347,10 @@ void ComputeSparseGru(const GruProblem& p, const float* x, float* out, GruScratc
   float* rh = scratch->reset_state.data();
   const float* b_x = p.bias;
   const float* b_h = p.options.reset_after ? p.bias + gates : nullptr;
+  // A step's recurrent product is split among threads only when it is long
+  // enough to pay for the hand-over.
+  const int64_t r_work = p.r.row_ptr ? p.r.row_ptr[p.r.rows] : p.r.rows * p.r.cols;
+  WorkerTeam* step_team = team && team->size() > 1 && r_work >= kMinSplitWork ? team : nullptr;
 
   // The input projection does not depend on the state: all steps first, as
   // one sparse-times-dense product over transposed copies (steps padded with
@@ -330,11 +362,16 @@ void ComputeSparseGru(const GruProblem& p, const float* x, float* out, GruScratc
   for (int64_t s = 0; s < sequences; ++s) {
     for (int64_t j = 0; j < f; ++j) xt[j * stride + s] = x[s * f + j];
   }
-  if (p.w.scales) {
-    ProjectAll<int8_t>(p.w, xt, stride, gx_t);
-  } else {
-    ProjectAll<float>(p.w, xt, stride, gx_t);
-  }
+  const bool w_split = team && team->size() > 1 &&
+                       (p.w.row_ptr ? p.w.row_ptr[p.w.rows] : p.w.rows * p.w.cols) * stride >=
+                           kMinSplitWork;
+  Split(w_split ? team : nullptr, p.w.row_ptr, 0, p.w.rows, [&](int64_t begin, int64_t end) {
+    if (p.w.scales) {
+      ProjectRows<int8_t>(p.w, begin, end, xt, stride, gx_t);
+    } else {
+      ProjectRows<float>(p.w, begin, end, xt, stride, gx_t);
+    }
+  });
   for (int64_t s = 0; s < sequences; ++s) {
     for (int64_t i = 0; i < gates; ++i) gx_all[s * gates + i] = gx_t[i * stride + s] + b_x[i];
   }
@@ -344,9 +381,14 @@ void ComputeSparseGru(const GruProblem& p, const float* x, float* out, GruScratc
   const int64_t slices_per_gate = (u + kSliceRows - 1) / kSliceRows;
   auto recurrent = [&](int64_t gate_begin, int64_t gate_end, const float* state) {
     if (sliced) {
-      SlicedMatVec(*sliced, gate_begin * slices_per_gate, gate_end * slices_per_gate, state, gh);
+      Split(step_team, sliced->slice_ptr.data(), gate_begin * slices_per_gate,
+            gate_end * slices_per_gate, [&](int64_t begin, int64_t end) {
+              SlicedMatVec(*sliced, begin, end, state, gh);
+            });
     } else {
-      DenseMatVec(p.r, gate_begin * u, gate_end * u, state, gh + gate_begin * u);
+      Split(step_team, nullptr, gate_begin * u, gate_end * u, [&](int64_t begin, int64_t end) {
+        DenseMatVec(p.r, begin, end, state, gh + begin);
+      });
     }
   };
   for (int64_t b = 0; b < p.batch; ++b) {

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "tflite/ops/sparse_gru_options.h"
+#include "tflite/ops/worker_team.h"
 
 namespace edgepipe {
 namespace ops {
@@ -76,19 +77,25 @@ struct GruScratch {
   std::vector<SlicedMatrix> packs;
 };
 
+// Multiply-adds a phase (one step's recurrent product, or the whole input
+// projection) must have before it is split among a team's threads: below it,
+// handing the parts over costs more than it saves.
+constexpr int64_t kMinSplitWork = 32768;
+
 // Runs a checked problem (CheckSparseGru): x [B, T, F] to `out`
-// (SparseGruOutputDims), with the fastest variant this CPU runs.
+// (SparseGruOutputDims), with the fastest variant this CPU runs, sharing the
+// large phases with `team` when one is given.
 void ComputeSparseGru(const GruProblem& problem, const float* x, float* out,
-                      GruScratch* scratch);
+                      GruScratch* scratch, WorkerTeam* team = nullptr);
 
 // The variants (sparse_gru_compute.cc built per instruction set).
 namespace baseline {
 void ComputeSparseGru(const GruProblem& problem, const float* x, float* out,
-                      GruScratch* scratch);
+                      GruScratch* scratch, WorkerTeam* team);
 }  // namespace baseline
 namespace avx2 {  // x86-64 with AVX2 and FMA; built only for x86-64
 void ComputeSparseGru(const GruProblem& problem, const float* x, float* out,
-                      GruScratch* scratch);
+                      GruScratch* scratch, WorkerTeam* team);
 }  // namespace avx2
 
 }  // namespace ops

@@ -282,12 +282,12 @@ std::vector<int32_t> SparseGruOutputDims(const GruProblem& problem) {
 }
 
 void ComputeSparseGru(const GruProblem& problem, const float* x, float* out,
-                      GruScratch* scratch) {
+                      GruScratch* scratch, WorkerTeam* team) {
 #if defined(EDGEPIPE_GRU_AVX2)
   static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (avx2) return avx2::ComputeSparseGru(problem, x, out, scratch);
+  if (avx2) return avx2::ComputeSparseGru(problem, x, out, scratch, team);
 #endif
-  baseline::ComputeSparseGru(problem, x, out, scratch);
+  baseline::ComputeSparseGru(problem, x, out, scratch, team);
 }
 
 SparseGruKernel::SparseGruKernel() : callbacks_{Init, OutputLayouts, Run, Destroy} {}
@@ -306,6 +306,13 @@ std::string SparseGruKernel::Validate(const runtime::CustomOpSite& site) const {
     inputs.push_back(std::move(tensor));
   }
   return CheckSparseGru(options, inputs, site.num_outputs, GruCheck::kPreflight, nullptr);
+}
+
+void SparseGruKernel::SetNumThreads(int threads) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const int have = team_ ? team_->size() : 1;
+  if (threads == have) return;
+  team_.reset(threads > 1 ? new WorkerTeam(threads) : nullptr);
 }
 
 std::string SparseGruKernel::TakeRunError() {
@@ -461,7 +468,7 @@ std::string SparseGruKernel::RunLocked(std::size_t num_inputs, const LiteRtTenso
            DimsText(output.dims);
   }
   ComputeSparseGru(problem, static_cast<const float*>(tensors[kX].data),
-                   static_cast<float*>(const_cast<void*>(output.data)), &scratch_);
+                   static_cast<float*>(const_cast<void*>(output.data)), &scratch_, team_.get());
   return "";
 }
 

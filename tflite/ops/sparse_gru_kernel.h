@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -69,6 +70,7 @@ class SparseGruKernel : public runtime::CustomOpKernel {
   const LiteRtCustomOpKernel& callbacks() const override { return callbacks_; }
   void* user_data() override { return this; }
   std::string TakeRunError() override;
+  void SetNumThreads(int threads) override;
 
  private:
   static LiteRtStatus Init(void* user_data, const void* init_data, std::size_t size);
@@ -92,6 +94,7 @@ class SparseGruKernel : public runtime::CustomOpKernel {
   std::size_t prepare_cursor_ = 0;
   std::string error_;
   GruScratch scratch_;
+  std::unique_ptr<WorkerTeam> team_;  // null: one thread
 };
 
 // The kernel instance the runtime registers (ProjectKernels()).

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -484,7 +485,8 @@ std::vector<float> ScalarGru(const Model& m) {
 // reference, for every precision, format and gate form, at sizes where the
 // vector loops, their tails and several slices per gate all run.
 void TestVariantsMatchScalarReference() {
-  typedef void (*Variant)(const GruProblem&, const float*, float*, GruScratch*);
+  typedef void (*Variant)(const GruProblem&, const float*, float*, GruScratch*,
+                          edgepipe::ops::WorkerTeam*);
   std::vector<std::pair<const char*, Variant>> variants = {
       {"baseline", edgepipe::ops::baseline::ComputeSparseGru}};
 #if defined(EDGEPIPE_GRU_AVX2)
@@ -506,12 +508,62 @@ void TestVariantsMatchScalarReference() {
                                                    edgepipe::ops::GruCheck::kRun, &problem);
           std::vector<float> got(want.size(), -99.0f);
           GruScratch scratch;
-          if (error.empty()) compute(problem, m.x.data(), got.data(), &scratch);
+          if (error.empty()) compute(problem, m.x.data(), got.data(), &scratch, nullptr);
           CHECK(error.empty() && MaxDiff(got, want) < 1e-5f,
                 "%s, %s %s reset_after %d: differs by %g %s", name,
                 precision == GruPrecision::kInt8 ? "int8" : "float32",
                 format == GruFormat::kCsr ? "csr" : "dense", reset_after, MaxDiff(got, want),
                 error.c_str());
+        }
+      }
+    }
+  }
+}
+
+// A team runs every part of every phase, part 0 on the caller.
+void TestWorkerTeamRunsEveryPart() {
+  for (int size : {1, 2, 4}) {
+    edgepipe::ops::WorkerTeam team(size);
+    std::vector<int> runs(static_cast<size_t>(size), 0);
+    const std::thread::id caller = std::this_thread::get_id();
+    bool part0_on_caller = true;
+    for (int phase = 0; phase < 500; ++phase) {
+      team.Run([&](int part) {
+        ++runs[static_cast<size_t>(part)];
+        if (part == 0) part0_on_caller = part0_on_caller && std::this_thread::get_id() == caller;
+      });
+    }
+    CHECK(team.size() == size && part0_on_caller, "size %d", size);
+    for (int part = 0; part < size; ++part) {
+      CHECK(runs[static_cast<size_t>(part)] == 500, "size %d part %d ran %d times", size, part,
+            runs[static_cast<size_t>(part)]);
+    }
+  }
+}
+
+// Split among threads, every phase computes the same rows the same way: the
+// results equal the single-threaded ones bit for bit, at sizes above
+// kMinSplitWork for both the recurrence and the input projection.
+void TestTeamsMatchOneThread() {
+  for (GruPrecision precision : {GruPrecision::kFloat32, GruPrecision::kInt8}) {
+    for (GruFormat format : {GruFormat::kDense, GruFormat::kCsr}) {
+      for (bool reset_after : {true, false}) {
+        std::vector<float> w, r;
+        const Model m = RandomModel({128, 96, reset_after, true, precision, format}, 2, 5, 41,
+                                    0.1f, &w, &r);
+        std::string error;
+        const std::vector<float> alone = Compute(m, &error);
+        CHECK(error.empty(), "%s", error.c_str());
+        for (int threads : {2, 3}) {
+          edgepipe::ops::WorkerTeam team(threads);
+          GruProblem problem;
+          error = CheckSparseGru(m.options, Inputs(m), 1, edgepipe::ops::GruCheck::kRun, &problem);
+          std::vector<float> shared(alone.size(), -99.0f);
+          GruScratch scratch;
+          if (error.empty()) ComputeSparseGru(problem, m.x.data(), shared.data(), &scratch, &team);
+          CHECK(error.empty() && shared == alone, "%d threads, %s %s reset_after %d: differs by %g",
+                threads, precision == GruPrecision::kInt8 ? "int8" : "float32",
+                format == GruFormat::kCsr ? "csr" : "dense", reset_after, MaxDiff(shared, alone));
         }
       }
     }
@@ -685,6 +737,8 @@ int main() {
   TestFormatsAgree();
   TestPacksFollowTheirArrays();
   TestVariantsMatchScalarReference();
+  TestWorkerTeamRunsEveryPart();
+  TestTeamsMatchOneThread();
   TestValidation();
   if (failures) {
     std::fprintf(stderr, "%d check(s) failed\n", failures);
