@@ -1,10 +1,10 @@
 """Custom-op benchmarks: each op against the builtin path of the same layer.
 
-For `sparse_gru`: one GRU layer (input size = hidden, batch 1, one thread) at several
-sparsities, as the SparseGRU custom op (float32 and int8 weights) and as the
+For `sparse_gru`: one GRU layer (input size = hidden, batch 1, at each thread count)
+at several sparsities, as the SparseGRU custom op (float32 and int8 weights) and as the
 builtin conversions of the same layer (the WHILE loop, and the unrolled form where
 it converts), all measured by the native runner in one run, in alternating rounds.
-Rows are {op, impl, precision, hidden, sparsity, mean_us, file_bytes}.
+Rows are {op, impl, precision, hidden, threads, sparsity, mean_us, file_bytes}.
 """
 from __future__ import annotations
 
@@ -38,22 +38,27 @@ def prune_by_magnitude(model: keras.Model, sparsity: float) -> None:
         weight.assign(values)
 
 
-def measure_in_rounds(paths: list[Path], rounds: int, settings: RunSettings) -> list[float]:
-    """Mean µs of each model over `rounds` rounds of one runner call each, every other
-    round in reverse order: on a shared machine whose speed drifts, the drift then falls
-    on all models alike and their ratios hold. Means are weighted by run counts."""
-    total_us = dict.fromkeys(paths, 0.0)
-    count = dict.fromkeys(paths, 0)
+Job = tuple[Path, int]  # a model and a thread count
+
+
+def measure_in_rounds(jobs: list[Job], rounds: int, settings: RunSettings) -> list[float]:
+    """Mean µs of each (model, threads) over `rounds` rounds of one runner call each,
+    every other round in reverse order: on a shared machine whose speed drifts, the
+    drift then falls on all alike and their ratios hold. Means are weighted by run
+    counts."""
+    total_us = dict.fromkeys(jobs, 0.0)
+    count = dict.fromkeys(jobs, 0)
     for round_index in range(rounds):
-        for path in paths if round_index % 2 == 0 else paths[::-1]:
-            steady = run_on_host(runner_binary(), path, 1, settings)["steady_state"]
-            total_us[path] += steady["mean_us"] * steady["count"]
-            count[path] += steady["count"]
-    return [total_us[path] / count[path] for path in paths]
+        for job in jobs if round_index % 2 == 0 else jobs[::-1]:
+            path, threads = job
+            steady = run_on_host(runner_binary(), path, threads, settings)["steady_state"]
+            total_us[job] += steady["mean_us"] * steady["count"]
+            count[job] += steady["count"]
+    return [total_us[job] / count[job] for job in jobs]
 
 
 def bench_sparse_gru(hiddens: list[int], sparsities: list[float], steps: int,
-                     settings: RunSettings, rounds: int) -> list[dict]:
+                     threads: list[int], settings: RunSettings, rounds: int) -> list[dict]:
     from tflite.convert import convert_model
     from tflite.ops.sparse_gru_lowering import convert_with_sparse_gru
 
@@ -82,45 +87,49 @@ def bench_sparse_gru(hiddens: list[int], sparsities: list[float], steps: int,
                     models.append(({"impl": "sparse_gru", "precision": precision,
                                     "sparsity": sparsity},
                                    convert_with_sparse_gru(rolled, precision=precision)))
-            paths = []
+            jobs: list[Job] = []
             for index, (row, flatbuffer) in enumerate(models):
-                paths.append(folder / f"{hidden}_{index}_{row['impl']}_{row['precision']}.tflite")
-                paths[-1].write_bytes(flatbuffer)
-            logging.info("measuring %d models of hidden %d in %d round(s)", len(paths), hidden,
-                         rounds)
-            means = measure_in_rounds(paths, rounds, settings)
-            for (row, flatbuffer), mean_us in zip(models, means):
-                rows.append({"op": "sparse_gru", **row, "hidden": hidden, "mean_us": mean_us,
-                             "file_bytes": len(flatbuffer)})
+                path = folder / f"{hidden}_{index}_{row['impl']}_{row['precision']}.tflite"
+                path.write_bytes(flatbuffer)
+                jobs += [(path, count) for count in threads]
+            logging.info("measuring %d models of hidden %d at %s thread(s) in %d round(s)",
+                         len(models), hidden, ",".join(map(str, threads)), rounds)
+            means = iter(measure_in_rounds(jobs, rounds, settings))
+            for row, flatbuffer in models:
+                for count in threads:
+                    rows.append({"op": "sparse_gru", **row, "hidden": hidden, "threads": count,
+                                 "mean_us": next(means), "file_bytes": len(flatbuffer)})
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    """Rows with the speed-up over the builtin WHILE loop of the same hidden size, the
-    ratio of that speed-up to the ideal (the parameter reduction), the size ratio and,
-    for int8, its speed against float32 weights at the same sparsity."""
-    builtin = {r["hidden"]: r for r in rows if r["impl"] == "builtin_while"}
-    float32 = {(r["hidden"], r["sparsity"]): r for r in rows
+    """Rows with the speed-up over the builtin WHILE loop of the same hidden size and
+    thread count, the ratio of that speed-up to the ideal (the parameter reduction),
+    the size ratio and, for int8, its speed against float32 weights at the same
+    sparsity and thread count."""
+    builtin = {(r["hidden"], r["threads"]): r for r in rows if r["impl"] == "builtin_while"}
+    float32 = {(r["hidden"], r["threads"], r["sparsity"]): r for r in rows
                if r["impl"] == "sparse_gru" and r["precision"] == "float32"}
-    lines = ["| impl | precision | hidden | sparsity | mean µs | speed-up vs WHILE | "
+    lines = ["| impl | precision | hidden | threads | sparsity | mean µs | speed-up vs WHILE | "
              "of ideal | file KiB | smaller than WHILE file | int8 vs float32 |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        base = builtin.get(r["hidden"])
+        base = builtin.get((r["hidden"], r["threads"]))
         speedup = base["mean_us"] / r["mean_us"] if base else float("nan")
         ideal = 1.0 / max(1.0 - r["sparsity"], 1e-9)
         smaller = base["file_bytes"] / r["file_bytes"] if base else float("nan")
-        same_float = float32.get((r["hidden"], r["sparsity"]))
+        same_float = float32.get((r["hidden"], r["threads"], r["sparsity"]))
         versus = (f"{same_float['mean_us'] / r['mean_us']:.2f}x"
                   if r["precision"] == "int8" and same_float else "")
-        lines.append(f"| {r['impl']} | {r['precision']} | {r['hidden']} | {r['sparsity']:.0%} | "
-                     f"{r['mean_us']:.1f} | {speedup:.2f}x | {speedup / ideal:.0%} | "
+        lines.append(f"| {r['impl']} | {r['precision']} | {r['hidden']} | {r['threads']} | "
+                     f"{r['sparsity']:.0%} | {r['mean_us']:.1f} | {speedup:.2f}x | "
+                     f"{speedup / ideal:.0%} | "
                      f"{r['file_bytes'] / 1024:.1f} | {smaller:.2f}x | {versus} |")
     return "\n".join(lines)
 
 
 def bench_op(op: str, hiddens: list[int], sparsities: list[float], steps: int,
-             settings: RunSettings, rounds: int) -> list[dict]:
+             threads: list[int], settings: RunSettings, rounds: int) -> list[dict]:
     if op not in OPS:
         raise UserError(f"--op {op!r}: custom ops with a benchmark are {', '.join(OPS)}.")
-    return bench_sparse_gru(hiddens, sparsities, steps, settings, rounds)
+    return bench_sparse_gru(hiddens, sparsities, steps, threads, settings, rounds)

@@ -36,7 +36,7 @@ flags.DEFINE_string("model", None, "bench: the .tflite file to measure.")
 flags.DEFINE_list("target", ["host"], "bench: host, device serials (as `adb devices` lists "
                   "them) or all (every connected device).")
 flags.DEFINE_string("affinity", None, "bench: taskset CPU mask in hex for the runner, e.g. f0.")
-flags.DEFINE_list("threads", ["1"], "bench/run: thread counts, e.g. 1,2,4.")
+flags.DEFINE_list("threads", ["1"], "bench/run/bench-ops: thread counts, e.g. 1,2,4.")
 flags.DEFINE_integer("warmup_runs", 5, "bench: untimed runs before measuring.")
 flags.DEFINE_integer("num_runs", 50, "bench: timed runs (at least).")
 flags.DEFINE_float("min_secs", 0.0, "bench: keep running until this many seconds have passed.")
@@ -165,8 +165,8 @@ def command_bench_ops(args: list[str]) -> None:
     check_run_counts(FLAGS.warmup_runs, FLAGS.num_runs, FLAGS.min_secs)
     settings = RunSettings(warmup_runs=FLAGS.warmup_runs, num_runs=FLAGS.num_runs,
                            min_secs=FLAGS.min_secs, extra_args=("--warmup_min_secs=0",))
-    rows = bench_op(FLAGS.op, _ints(FLAGS.hidden, "hidden"), sparsities, FLAGS.steps, settings,
-                    FLAGS.rounds)
+    rows = bench_op(FLAGS.op, _ints(FLAGS.hidden, "hidden"), sparsities, FLAGS.steps,
+                    _ints(FLAGS.threads, "threads"), settings, FLAGS.rounds)
     print(format_table(rows))
     if FLAGS.json_output:
         atomic.write_json(FLAGS.json_output, rows)

@@ -76,16 +76,20 @@ def test_bench_ops_measures_sparse_gru_against_builtin(tmp_path):
     out = tmp_path / "ops.json"
     result = edgepipe("bench-ops", "--op", "sparse_gru", "--hidden", "16", "--steps", "5",
                       "--sparsities", "0,0.9", "--num_runs", "3", "--warmup_runs", "1",
-                      "--rounds", "3", "--json_output", str(out))
+                      "--rounds", "3", "--threads", "1,2", "--json_output", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(out.read_text())
-    assert {(r["impl"], r["precision"], r["sparsity"]) for r in rows} == {
-        ("builtin_while", "float32", 0.0), ("builtin_unrolled", "float32", 0.0),
-        ("sparse_gru", "float32", 0.0), ("sparse_gru", "int8", 0.0),
-        ("sparse_gru", "float32", 0.9), ("sparse_gru", "int8", 0.9)}
+    assert len(rows) == 12 and {(r["impl"], r["precision"], r["sparsity"], r["threads"])
+                                for r in rows} == {
+        (impl, precision, sparsity, threads) for threads in (1, 2)
+        for impl, precision, sparsity in (
+            ("builtin_while", "float32", 0.0), ("builtin_unrolled", "float32", 0.0),
+            ("sparse_gru", "float32", 0.0), ("sparse_gru", "int8", 0.0),
+            ("sparse_gru", "float32", 0.9), ("sparse_gru", "int8", 0.9))}
     assert all(r["op"] == "sparse_gru" and r["hidden"] == 16 and r["mean_us"] > 0
                and r["file_bytes"] > 0 for r in rows)
-    sizes = {(r["impl"], r["precision"], r["sparsity"]): r["file_bytes"] for r in rows}
+    sizes = {(r["impl"], r["precision"], r["sparsity"]): r["file_bytes"] for r in rows
+             if r["threads"] == 1}
     assert sizes[("sparse_gru", "float32", 0.9)] < sizes[("sparse_gru", "float32", 0.0)]
     assert "speed-up vs WHILE" in result.stdout and "int8 vs float32" in result.stdout
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import shutil
 import struct
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -247,6 +249,25 @@ def test_runs_again_with_new_input():
                                    atol=INT8_SELF_TOLERANCE, rtol=0)
 
 
+@pytest.mark.parametrize("precision,fmt,sparsity", [("float32", "dense", 0.0),
+                                                     ("int8", "csr", 0.2)])
+def test_threads_split_large_layers_without_changing_results(precision, fmt, sparsity):
+    """Two and three threads share the work of a layer above the kernel's split size
+    (units 128: 3 x 128 x 128 recurrent weights) and give the one-thread output."""
+    case = Case(units=128, features=64, steps=6, batch=1, precision=precision, fmt=fmt,
+                sparsity=sparsity, seed=13)
+    outputs = []
+    for threads in (1, 2, 3):
+        runner = LiteRtRunner(case.model(), num_threads=threads)
+        runner.set_input(case.x)
+        runner._invoke()
+        outputs.append(runner.output())
+    np.testing.assert_array_equal(outputs[1], outputs[0])
+    np.testing.assert_array_equal(outputs[2], outputs[0])
+    tolerance = FLOAT_TOLERANCE if precision == "float32" else INT8_SELF_TOLERANCE
+    np.testing.assert_allclose(outputs[0], case.reference(), atol=tolerance, rtol=0)
+
+
 def refused(model: bytes) -> str:
     with pytest.raises(UserError) as error:
         LiteRtRunner(model)
@@ -334,3 +355,23 @@ def test_fuzz_options_and_validation(tmp_path):
                    ops / "worker_team.cc"],
                   [fuzz_seed(case) for case in seeds], tmp_path, FUZZ_SECONDS, max_len=4096,
                   link_litert=True)
+
+
+@pytest.mark.skipif(shutil.which("clang++") is None,
+                    reason="clang++ missing: scripts/setup.sh installs it")
+def test_kernel_test_is_race_free_under_thread_sanitizer(tmp_path):
+    """The C++ kernel test (worker teams of 2-4 threads included) under ThreadSanitizer."""
+    import ai_edge_litert
+    litert_dir = Path(ai_edge_litert.__file__).resolve().parent
+    ops = REPO / "tflite" / "ops"
+    binary = tmp_path / "sparse_gru_kernel_test_tsan"
+    subprocess.run(
+        ["clang++", "-std=c++17", "-O1", "-g", "-fsanitize=thread", f"-I{REPO}",
+         *(str(ops / name) for name in ("sparse_gru_kernel_test.cc", "sparse_gru_kernel.cc",
+                                        "sparse_gru_compute.cc", "sparse_gru_options.cc",
+                                        "worker_team.cc")),
+         f"-L{litert_dir}", "-l:libLiteRt.so", f"-Wl,-rpath,{litert_dir}", "-o", str(binary)],
+        check=True, capture_output=True, timeout=300)
+    result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "ThreadSanitizer" not in result.stderr and "all checks passed" in result.stdout
