@@ -347,10 +347,11 @@ void ComputeSparseGru(const GruProblem& p, const float* x, float* out, GruScratc
   float* rh = scratch->reset_state.data();
   const float* b_x = p.bias;
   const float* b_h = p.options.reset_after ? p.bias + gates : nullptr;
-  // A step's recurrent product is split among threads only when it is long
-  // enough to pay for the hand-over.
+  // Work is split among threads only when a step's recurrent product is long
+  // enough to pay for the hand-over; the input projection then shares the
+  // team, which the first phase has woken anyway.
   const int64_t r_work = p.r.row_ptr ? p.r.row_ptr[p.r.rows] : p.r.rows * p.r.cols;
-  WorkerTeam* step_team = team && team->size() > 1 && r_work >= kMinSplitWork ? team : nullptr;
+  WorkerTeam* split_team = team && team->size() > 1 && r_work >= kMinSplitWork ? team : nullptr;
 
   // The input projection does not depend on the state: all steps first, as
   // one sparse-times-dense product over transposed copies (steps padded with
@@ -362,10 +363,7 @@ void ComputeSparseGru(const GruProblem& p, const float* x, float* out, GruScratc
   for (int64_t s = 0; s < sequences; ++s) {
     for (int64_t j = 0; j < f; ++j) xt[j * stride + s] = x[s * f + j];
   }
-  const bool w_split = team && team->size() > 1 &&
-                       (p.w.row_ptr ? p.w.row_ptr[p.w.rows] : p.w.rows * p.w.cols) * stride >=
-                           kMinSplitWork;
-  Split(w_split ? team : nullptr, p.w.row_ptr, 0, p.w.rows, [&](int64_t begin, int64_t end) {
+  Split(split_team, p.w.row_ptr, 0, p.w.rows, [&](int64_t begin, int64_t end) {
     if (p.w.scales) {
       ProjectRows<int8_t>(p.w, begin, end, xt, stride, gx_t);
     } else {
@@ -381,12 +379,12 @@ void ComputeSparseGru(const GruProblem& p, const float* x, float* out, GruScratc
   const int64_t slices_per_gate = (u + kSliceRows - 1) / kSliceRows;
   auto recurrent = [&](int64_t gate_begin, int64_t gate_end, const float* state) {
     if (sliced) {
-      Split(step_team, sliced->slice_ptr.data(), gate_begin * slices_per_gate,
+      Split(split_team, sliced->slice_ptr.data(), gate_begin * slices_per_gate,
             gate_end * slices_per_gate, [&](int64_t begin, int64_t end) {
               SlicedMatVec(*sliced, begin, end, state, gh);
             });
     } else {
-      Split(step_team, nullptr, gate_begin * u, gate_end * u, [&](int64_t begin, int64_t end) {
+      Split(split_team, nullptr, gate_begin * u, gate_end * u, [&](int64_t begin, int64_t end) {
         DenseMatVec(p.r, begin, end, state, gh + begin);
       });
     }

@@ -77,10 +77,11 @@ struct GruScratch {
   std::vector<SlicedMatrix> packs;
 };
 
-// Multiply-adds a phase (one step's recurrent product, or the whole input
-// projection) must have before it is split among a team's threads: below it,
-// handing the parts over costs more than it saves.
-constexpr int64_t kMinSplitWork = 32768;
+// Multiply-adds of one step's recurrent product (R's stored values) from
+// which a layer's work is split among a team's threads: below it, handing the
+// parts over costs more than it saves (edgepipe bench-ops --threads 1,2: at
+// hidden 64 and 128 two threads gained only from about this size on).
+constexpr int64_t kMinSplitWork = 8192;
 
 // Runs a checked problem (CheckSparseGru): x [B, T, F] to `out`
 // (SparseGruOutputDims), with the fastest variant this CPU runs, sharing the
