@@ -73,21 +73,27 @@ inline void LoadAsFloat(const int8_t* w, Vec (&out)[N]) {
 #endif
 
 // Dense mat-vec: each row keeps four vectors of partial sums (four
-// independent add chains); the caller applies an int8 row's scale once.
+// independent add chains), then takes the rest a vector at a time; the
+// caller applies an int8 row's scale once.
 template <typename T>
 void DenseRows(const T* m, int64_t cols, int64_t rows, const float* v, float* y) {
   constexpr int kChains = 4, kBlock = kChains * kLanes;
-  const int64_t main = cols - cols % kBlock;
+  const int64_t blocks_end = cols - cols % kBlock, vectors_end = cols - cols % kLanes;
   for (int64_t row = 0; row < rows; ++row) {
     const T* w = m + row * cols;
     Vec p[kChains] = {};
-    for (int64_t j = 0; j < main; j += kBlock) {
+    for (int64_t j = 0; j < blocks_end; j += kBlock) {
       Vec wv[kChains];
       LoadAsFloat(w + j, wv);
       for (int i = 0; i < kChains; ++i) p[i] += wv[i] * Load(v + j + kLanes * i);
     }
+    for (int64_t j = blocks_end; j < vectors_end; j += kLanes) {
+      Vec wv[1];
+      LoadAsFloat(w + j, wv);
+      p[0] += wv[0] * Load(v + j);
+    }
     float sum = 0;
-    for (int64_t j = main; j < cols; ++j) sum += static_cast<float>(w[j]) * v[j];
+    for (int64_t j = vectors_end; j < cols; ++j) sum += static_cast<float>(w[j]) * v[j];
     const Vec total = (p[0] + p[1]) + (p[2] + p[3]);
     for (int i = 0; i < kLanes; ++i) sum += total[i];
     y[row] = sum;
@@ -204,6 +210,32 @@ const SlicedMatrix& Sliced(const GruMatrix& m, GruScratch* scratch) {
     FillSliced<float>(m, &packed);
   }
   return packed;
+}
+
+// The float rows of a small dense int8 R, from the scratch when made from the
+// same arrays before.
+const FloatRows& AsFloatRows(const GruMatrix& m, GruScratch* scratch) {
+  for (const FloatRows& copy : scratch->float_rows) {
+    if (copy.source_values == m.values && copy.source_scales == m.scales && copy.rows == m.rows &&
+        copy.cols == m.cols) {
+      return copy;
+    }
+  }
+  if (scratch->float_rows.size() >= kMaxPacks) scratch->float_rows.clear();
+  scratch->float_rows.emplace_back();
+  FloatRows& copy = scratch->float_rows.back();
+  copy.source_values = m.values;
+  copy.source_scales = m.scales;
+  copy.rows = m.rows;
+  copy.cols = m.cols;
+  copy.values.resize(static_cast<std::size_t>(m.rows * m.cols));
+  const int8_t* values = static_cast<const int8_t*>(m.values);
+  for (int64_t row = 0; row < m.rows; ++row) {
+    for (int64_t col = 0; col < m.cols; ++col) {
+      copy.values[row * m.cols + col] = values[row * m.cols + col] * m.scales[row];
+    }
+  }
+  return copy;
 }
 
 // Steps are handled in blocks of this many (the transposed copies are padded
@@ -376,6 +408,11 @@ void ComputeSparseGru(const GruProblem& p, const float* x, float* out, GruScratc
   // R times a state: sliced when R is csr (gate g's rows are slices
   // [g * per_gate, (g + 1) * per_gate)), into gh indexed by R's row.
   const SlicedMatrix* sliced = p.r.row_ptr ? &Sliced(p.r, scratch) : nullptr;
+  GruMatrix dense_r = p.r;
+  if (!sliced && p.r.scales && p.r.rows * p.r.cols <= kMaxFloatRowsWeights) {
+    dense_r.values = AsFloatRows(p.r, scratch).values.data();
+    dense_r.scales = nullptr;
+  }
   const int64_t slices_per_gate = (u + kSliceRows - 1) / kSliceRows;
   auto recurrent = [&](int64_t gate_begin, int64_t gate_end, const float* state) {
     if (sliced) {
@@ -385,7 +422,7 @@ void ComputeSparseGru(const GruProblem& p, const float* x, float* out, GruScratc
             });
     } else {
       Split(split_team, nullptr, gate_begin * u, gate_end * u, [&](int64_t begin, int64_t end) {
-        DenseMatVec(p.r, begin, end, state, gh + begin);
+        DenseMatVec(dense_r, begin, end, state, gh + begin);
       });
     }
   };

@@ -346,7 +346,7 @@ LiteRtStatus SparseGruKernel::Destroy(void* user_data) {
   auto* self = static_cast<SparseGruKernel*>(user_data);
   std::lock_guard<std::mutex> lock(self->mutex_);
   // Packs go with any op: its model's constants may be freed next.
-  self->scratch_.packs.clear();
+  self->scratch_.DropPacks();
   // Which op goes is unknown; the records go when the last op does.
   if (self->live_ops_ > 0 && --self->live_ops_ == 0) {
     self->ops_.clear();

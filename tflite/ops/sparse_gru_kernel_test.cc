@@ -495,25 +495,31 @@ void TestVariantsMatchScalarReference() {
     variants.push_back({"avx2", edgepipe::ops::avx2::ComputeSparseGru});
   }
 #endif
-  for (GruPrecision precision : {GruPrecision::kFloat32, GruPrecision::kInt8}) {
-    for (GruFormat format : {GruFormat::kDense, GruFormat::kCsr}) {
-      for (bool reset_after : {true, false}) {
-        std::vector<float> w, r;
-        const Model m = RandomModel({37, 70, reset_after, true, precision, format}, 2, 13, 31,
-                                    0.6f, &w, &r);
-        const std::vector<float> want = ScalarGru(m);
-        for (const auto& [name, compute] : variants) {
-          GruProblem problem;
-          const std::string error = CheckSparseGru(m.options, Inputs(m), 1,
-                                                   edgepipe::ops::GruCheck::kRun, &problem);
-          std::vector<float> got(want.size(), -99.0f);
-          GruScratch scratch;
-          if (error.empty()) compute(problem, m.x.data(), got.data(), &scratch, nullptr);
-          CHECK(error.empty() && MaxDiff(got, want) < 1e-5f,
-                "%s, %s %s reset_after %d: differs by %g %s", name,
-                precision == GruPrecision::kInt8 ? "int8" : "float32",
-                format == GruFormat::kCsr ? "csr" : "dense", reset_after, MaxDiff(got, want),
-                error.c_str());
+  // 37 units: a dense int8 R small enough to run as float rows; 120: widened
+  // as it is read.
+  for (int units : {37, 120}) {
+    for (GruPrecision precision : {GruPrecision::kFloat32, GruPrecision::kInt8}) {
+      for (GruFormat format : {GruFormat::kDense, GruFormat::kCsr}) {
+        for (bool reset_after : {true, false}) {
+          std::vector<float> w, r;
+          const Model m = RandomModel({units, 70, reset_after, true, precision, format}, 2, 13,
+                                      31, 0.6f, &w, &r);
+          const std::vector<float> want = ScalarGru(m);
+          // float32 sums of 190 products of weights up to 0.8 round at ~1e-5
+          const float tolerance = units < 100 ? 1e-5f : 1e-4f;
+          for (const auto& [name, compute] : variants) {
+            GruProblem problem;
+            const std::string error = CheckSparseGru(m.options, Inputs(m), 1,
+                                                     edgepipe::ops::GruCheck::kRun, &problem);
+            std::vector<float> got(want.size(), -99.0f);
+            GruScratch scratch;
+            if (error.empty()) compute(problem, m.x.data(), got.data(), &scratch, nullptr);
+            CHECK(error.empty() && MaxDiff(got, want) < tolerance,
+                  "%s, %s %s reset_after %d units %d: differs by %g %s", name,
+                  precision == GruPrecision::kInt8 ? "int8" : "float32",
+                  format == GruFormat::kCsr ? "csr" : "dense", reset_after, units,
+                  MaxDiff(got, want), error.c_str());
+          }
         }
       }
     }
@@ -729,6 +735,20 @@ void TestPacksFollowTheirArrays() {
     CHECK(shared.packs.size() == 2, "units %d: %zu packs for two models", units,
           shared.packs.size());
   }
+  // The float rows of small dense int8 Rs are told apart the same way.
+  std::vector<float> w, r;
+  const SparseGruOptions dense{6, 4, true, true, GruPrecision::kInt8, GruFormat::kDense};
+  const Model a = RandomModel(dense, 1, 3, 23, 0, &w, &r), b = RandomModel(dense, 1, 3, 24, 0, &w, &r);
+  std::string error;
+  const std::vector<float> want_a = Compute(a, &error), want_b = Compute(b, &error);
+  GruScratch shared;
+  for (int round = 0; round < 2; ++round) {
+    CHECK(ComputeWith(a, &shared, &error) == want_a && ComputeWith(b, &shared, &error) == want_b,
+          "round %d: float rows mixed up %s", round, error.c_str());
+  }
+  CHECK(shared.float_rows.size() == 2, "%zu float rows for two models", shared.float_rows.size());
+  shared.DropPacks();
+  CHECK(shared.float_rows.empty() && shared.packs.empty(), "DropPacks kept copies");
 }
 
 int main() {
