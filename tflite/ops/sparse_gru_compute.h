@@ -61,8 +61,9 @@ struct SlicedMatrix {
 
 // A small dense int8 R ([3U, U], at most kMaxFloatRowsWeights weights) as
 // float rows with the row scales applied: such an R sits in cache, where
-// widening int8 in the loop costs more than the bytes it saves (widened, int8
-// measured 1-4% slower than float32 at hidden 48-96 and 7% faster at 128).
+// widening int8 in the loop costs more than the bytes it saves (timing the
+// computation alone, widened int8 was slower than float32 at hidden 48-96 and
+// faster from 128 on).
 struct FloatRows {
   const void* source_values = nullptr;  // the int8 arrays it was made from (the key)
   const float* source_scales = nullptr;
