@@ -183,59 +183,64 @@ void FillSliced(const GruMatrix& m, SlicedMatrix* out) {
   }
 }
 
+// The entry of `cache` that `matches`, else a new one made by `fill` (the
+// list starts over beyond kMaxPacks entries).
+template <typename Pack, typename Matches, typename Fill>
+const Pack& CachedPack(std::vector<Pack>* cache, const Matches& matches, const Fill& fill) {
+  for (const Pack& pack : *cache) {
+    if (matches(pack)) return pack;
+  }
+  if (cache->size() >= kMaxPacks) cache->clear();
+  cache->emplace_back();
+  fill(&cache->back());
+  return cache->back();
+}
+
 // The sliced form of a checked csr matrix with 3 gates of rows, from the
 // scratch's packs when one was made from the same arrays.
 const SlicedMatrix& Sliced(const GruMatrix& m, GruScratch* scratch) {
   const int32_t* row_ptr_end = m.row_ptr + m.rows + 1;
-  for (const SlicedMatrix& packed : scratch->packs) {
-    if (packed.source_values == m.values && packed.source_col_indices == m.col_indices &&
-        packed.source_scales == m.scales && packed.rows == m.rows && packed.cols == m.cols &&
-        std::equal(m.row_ptr, row_ptr_end, packed.source_row_ptr.begin(),
-                   packed.source_row_ptr.end())) {
-      return packed;
+  auto matches = [&](const SlicedMatrix& packed) {
+    return packed.source_values == m.values && packed.source_col_indices == m.col_indices &&
+           packed.source_scales == m.scales && packed.rows == m.rows && packed.cols == m.cols &&
+           std::equal(m.row_ptr, row_ptr_end, packed.source_row_ptr.begin(),
+                      packed.source_row_ptr.end());
+  };
+  return CachedPack(&scratch->packs, matches, [&](SlicedMatrix* packed) {
+    packed->source_values = m.values;
+    packed->source_col_indices = m.col_indices;
+    packed->source_scales = m.scales;
+    packed->source_row_ptr.assign(m.row_ptr, row_ptr_end);
+    packed->rows = m.rows;
+    packed->cols = m.cols;
+    if (m.scales) {
+      FillSliced<int8_t>(m, packed);
+    } else {
+      FillSliced<float>(m, packed);
     }
-  }
-  if (scratch->packs.size() >= kMaxPacks) scratch->packs.clear();
-  scratch->packs.emplace_back();
-  SlicedMatrix& packed = scratch->packs.back();
-  packed.source_values = m.values;
-  packed.source_col_indices = m.col_indices;
-  packed.source_scales = m.scales;
-  packed.source_row_ptr.assign(m.row_ptr, row_ptr_end);
-  packed.rows = m.rows;
-  packed.cols = m.cols;
-  if (m.scales) {
-    FillSliced<int8_t>(m, &packed);
-  } else {
-    FillSliced<float>(m, &packed);
-  }
-  return packed;
+  });
 }
 
 // The float rows of a small dense int8 R, from the scratch when made from the
 // same arrays before.
 const FloatRows& AsFloatRows(const GruMatrix& m, GruScratch* scratch) {
-  for (const FloatRows& copy : scratch->float_rows) {
-    if (copy.source_values == m.values && copy.source_scales == m.scales && copy.rows == m.rows &&
-        copy.cols == m.cols) {
-      return copy;
+  auto matches = [&](const FloatRows& copy) {
+    return copy.source_values == m.values && copy.source_scales == m.scales &&
+           copy.rows == m.rows && copy.cols == m.cols;
+  };
+  return CachedPack(&scratch->float_rows, matches, [&](FloatRows* copy) {
+    copy->source_values = m.values;
+    copy->source_scales = m.scales;
+    copy->rows = m.rows;
+    copy->cols = m.cols;
+    copy->values.resize(static_cast<std::size_t>(m.rows * m.cols));
+    const int8_t* values = static_cast<const int8_t*>(m.values);
+    for (int64_t row = 0; row < m.rows; ++row) {
+      for (int64_t col = 0; col < m.cols; ++col) {
+        copy->values[row * m.cols + col] = values[row * m.cols + col] * m.scales[row];
+      }
     }
-  }
-  if (scratch->float_rows.size() >= kMaxPacks) scratch->float_rows.clear();
-  scratch->float_rows.emplace_back();
-  FloatRows& copy = scratch->float_rows.back();
-  copy.source_values = m.values;
-  copy.source_scales = m.scales;
-  copy.rows = m.rows;
-  copy.cols = m.cols;
-  copy.values.resize(static_cast<std::size_t>(m.rows * m.cols));
-  const int8_t* values = static_cast<const int8_t*>(m.values);
-  for (int64_t row = 0; row < m.rows; ++row) {
-    for (int64_t col = 0; col < m.cols; ++col) {
-      copy.values[row * m.cols + col] = values[row * m.cols + col] * m.scales[row];
-    }
-  }
-  return copy;
+  });
 }
 
 // Steps are handled in blocks of this many (the transposed copies are padded
