@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from core.errors import UserError
+
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` atomically and return the path."""
@@ -32,3 +34,24 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def check_writable(path: str | os.PathLike, what: str) -> None:
+    """Refuse, before long work starts, a file path whose result could not be
+    written at the end: its folder is made if missing and must take a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {str(path)!r} is a folder; give a file name, e.g. "
+                        f"{str(path / 'results.json')!r}.")
+    check_writable_folder(path.parent, what)
+
+
+def check_writable_folder(folder: str | os.PathLike, what: str) -> None:
+    """Make `folder` if missing and check that a file can be written in it."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UserError(f"{what}: cannot write in {str(folder)!r} ({e.strerror}); choose a "
+                        "folder you can write to.") from None

@@ -133,6 +133,8 @@ def command_bench(args: list[str]) -> None:
                                warmup_runs=FLAGS.warmup_runs, num_runs=FLAGS.num_runs,
                                min_secs=FLAGS.min_secs, affinity=FLAGS.affinity)
     check_benchmark(settings)
+    if FLAGS.json_output:
+        atomic.check_writable(FLAGS.json_output, "--json_output")
     # Measurements are journalled next to the JSON output (or in a temporary
     # folder), so an interrupted multi-device benchmark keeps what finished.
     journal_dir = Path(FLAGS.json_output).parent if FLAGS.json_output else \
@@ -163,6 +165,8 @@ def command_bench_ops(args: list[str]) -> None:
     if FLAGS.steps < 1:
         raise UserError(f"--steps must be at least 1, got {FLAGS.steps}.")
     check_run_counts(FLAGS.warmup_runs, FLAGS.num_runs, FLAGS.min_secs)
+    if FLAGS.json_output:
+        atomic.check_writable(FLAGS.json_output, "--json_output")
     settings = RunSettings(warmup_runs=FLAGS.warmup_runs, num_runs=FLAGS.num_runs,
                            min_secs=FLAGS.min_secs, extra_args=("--warmup_min_secs=0",))
     rows = bench_op(FLAGS.op, _ints(FLAGS.hidden, "hidden"), sparsities, FLAGS.steps,

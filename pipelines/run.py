@@ -255,6 +255,7 @@ def run_pipeline(config: RunConfig, datasets: dict[str, Dataset] | None = None,
                         f"{', '.join(m.name for m in config.models)}.")
     check_benchmark(config.benchmark)
     output_dir = Path(config.output_dir)
+    atomic.check_writable_folder(output_dir, "output_dir")
     stages = StageRunner(output_dir)
     model_entries, variant_rows = [], []
     for model_config in config.models:

@@ -100,3 +100,20 @@ def test_bench_ops_rejects_bad_arguments():
     assert_user_error(edgepipe("bench-ops", "--rounds", "0"), "--rounds must be at least 1")
     assert_user_error(edgepipe("bench-ops", "--hidden", "256,0"),
                       "--hidden takes comma-separated integers of at least 1")
+
+
+def test_unwritable_outputs_are_refused_before_any_work(tmp_path):
+    """A result that could not be written at the end is refused at the start, where
+    nothing has been trained or measured yet."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("a file, not a folder")
+    assert_user_error(edgepipe("run", "--output_dir", str(a_file / "out")),
+                      f"output_dir: cannot write in '{a_file / 'out'}'")
+    assert_user_error(edgepipe("bench", "--model", __file__, "--json_output",
+                               str(a_file / "bench.json")),
+                      f"--json_output: cannot write in '{a_file}'")
+    assert_user_error(edgepipe("bench-ops", "--json_output", str(a_file / "ops.json")),
+                      f"--json_output: cannot write in '{a_file}'")
+    assert_user_error(edgepipe("bench-ops", "--json_output", str(tmp_path)),
+                      f"--json_output {str(tmp_path)!r} is a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
