@@ -4,11 +4,13 @@ For `sparse_gru`: one GRU layer (input size = hidden, batch 1, at each thread co
 at several sparsities, as the SparseGRU custom op (float32 and int8 weights) and as the
 builtin conversions of the same layer (the WHILE loop, and the unrolled form where
 it converts), all measured by the native runner in one run, in alternating rounds.
-Rows are {op, impl, precision, hidden, threads, sparsity, mean_us, file_bytes}.
+Rows are {op, impl, precision, hidden, threads, sparsity, mean_us, file_bytes}; the
+rows so far are handed on after each layer size, so an interrupted run keeps them.
 """
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +60,8 @@ def measure_in_rounds(jobs: list[Job], rounds: int, settings: RunSettings) -> li
 
 
 def bench_sparse_gru(hiddens: list[int], sparsities: list[float], steps: int,
-                     threads: list[int], settings: RunSettings, rounds: int) -> list[dict]:
+                     threads: list[int], settings: RunSettings, rounds: int,
+                     on_rows: Callable[[list[dict]], None]) -> list[dict]:
     from tflite.convert import convert_model
     from tflite.ops.sparse_gru_lowering import convert_with_sparse_gru
 
@@ -99,6 +102,7 @@ def bench_sparse_gru(hiddens: list[int], sparsities: list[float], steps: int,
                 for count in threads:
                     rows.append({"op": "sparse_gru", **row, "hidden": hidden, "threads": count,
                                  "mean_us": next(means), "file_bytes": len(flatbuffer)})
+            on_rows(rows)
     return rows
 
 
@@ -129,7 +133,9 @@ def format_table(rows: list[dict]) -> str:
 
 
 def bench_op(op: str, hiddens: list[int], sparsities: list[float], steps: int,
-             threads: list[int], settings: RunSettings, rounds: int) -> list[dict]:
+             threads: list[int], settings: RunSettings, rounds: int,
+             on_rows: Callable[[list[dict]], None] = lambda rows: None) -> list[dict]:
+    """The rows of `op`'s benchmark; on_rows(rows so far) after each layer size."""
     if op not in OPS:
         raise UserError(f"--op {op!r}: custom ops with a benchmark are {', '.join(OPS)}.")
-    return bench_sparse_gru(hiddens, sparsities, steps, threads, settings, rounds)
+    return bench_sparse_gru(hiddens, sparsities, steps, threads, settings, rounds, on_rows)

@@ -169,11 +169,15 @@ def command_bench_ops(args: list[str]) -> None:
         atomic.check_writable(FLAGS.json_output, "--json_output")
     settings = RunSettings(warmup_runs=FLAGS.warmup_runs, num_runs=FLAGS.num_runs,
                            min_secs=FLAGS.min_secs, extra_args=("--warmup_min_secs=0",))
+
+    def save(rows: list[dict]) -> None:
+        """Each layer size's rows as soon as they are measured: nothing finished is lost."""
+        if FLAGS.json_output:
+            atomic.write_json(FLAGS.json_output, rows)
+
     rows = bench_op(FLAGS.op, _ints(FLAGS.hidden, "hidden"), sparsities, FLAGS.steps,
-                    _ints(FLAGS.threads, "threads"), settings, FLAGS.rounds)
+                    _ints(FLAGS.threads, "threads"), settings, FLAGS.rounds, on_rows=save)
     print(format_table(rows))
-    if FLAGS.json_output:
-        atomic.write_json(FLAGS.json_output, rows)
 
 
 COMMANDS = {"run": command_run, "inspect": command_inspect, "summary": command_summary,

@@ -117,3 +117,17 @@ def test_unwritable_outputs_are_refused_before_any_work(tmp_path):
     assert_user_error(edgepipe("bench-ops", "--json_output", str(tmp_path)),
                       f"--json_output {str(tmp_path)!r} is a folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_bench_ops_hands_on_each_layer_size_as_it_finishes():
+    """What the CLI saves after each size: an interrupted benchmark keeps the sizes done."""
+    from android_bench.runner import RunSettings
+    from pipelines.bench_ops import bench_op
+
+    snapshots = []
+    rows = bench_op("sparse_gru", [8, 12], [0.9], steps=3, threads=[1],
+                    settings=RunSettings(warmup_runs=0, num_runs=1, min_secs=0),
+                    rounds=1, on_rows=lambda so_far: snapshots.append(list(so_far)))
+    sizes_saved = [[r["hidden"] for r in snapshot] for snapshot in snapshots]
+    assert sizes_saved == [[8] * 4, [8] * 4 + [12] * 4]
+    assert snapshots[-1] == rows
