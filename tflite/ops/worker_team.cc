@@ -31,19 +31,20 @@ WorkerTeam::~WorkerTeam() {
   for (std::thread& worker : workers_) worker.join();
 }
 
-void WorkerTeam::Run(const std::function<void(int part)>& part) {
+void WorkerTeam::RunTask(const void* task, CallPart call) {
   if (size_ == 1) {
-    part(0);
+    call(task, 0);
     return;
   }
-  task_ = &part;
+  task_ = task;
+  call_ = call;
   finished_.store(0, std::memory_order_relaxed);
   {
     std::lock_guard<std::mutex> lock(mutex_);  // a worker going to sleep sees the move
     generation_.fetch_add(1, std::memory_order_release);
   }
   wake_.notify_all();
-  part(0);
+  call(task, 0);
   while (finished_.load(std::memory_order_acquire) < size_ - 1) Pause();
 }
 
@@ -65,7 +66,7 @@ void WorkerTeam::Work(int part) {
     }
     if (stop_.load(std::memory_order_acquire)) return;
     seen = generation_.load(std::memory_order_acquire);
-    (*task_)(part);
+    call_(task_, part);
     finished_.fetch_add(1, std::memory_order_acq_rel);
   }
 }

@@ -8,7 +8,6 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -27,15 +26,23 @@ class WorkerTeam {
   int size() const { return size_; }
 
   // Runs part(0) .. part(size - 1), part 0 on the calling thread, and returns
-  // when all have finished. One caller at a time.
-  void Run(const std::function<void(int part)>& part);
+  // when all have finished. One caller at a time. `part` is passed by address,
+  // not wrapped in a std::function: a call per GRU step allocates nothing.
+  template <typename Part>
+  void Run(const Part& part) {
+    RunTask(&part, [](const void* task, int index) { (*static_cast<const Part*>(task))(index); });
+  }
 
  private:
+  using CallPart = void (*)(const void* task, int part);
+
+  void RunTask(const void* task, CallPart call);
   void Work(int part);
 
   const int size_;
   std::vector<std::thread> workers_;
-  const std::function<void(int)>* task_ = nullptr;  // set before generation_ moves
+  const void* task_ = nullptr;  // both set before generation_ moves
+  CallPart call_ = nullptr;
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> finished_{0};
   std::atomic<bool> stop_{false};
