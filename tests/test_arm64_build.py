@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from fixtures.fuzzing import REPO
+from fixtures.fuzzing import REPO, SPARSE_GRU_SOURCES
 
 CROSS_CXX = "aarch64-linux-gnu-g++"
 QEMU = "qemu-aarch64-static"
@@ -45,11 +45,8 @@ def test_sparse_gru_kernel_test_passes_on_arm64(tmp_path):
     ops = REPO / "tflite" / "ops"
     binary = tmp_path / "sparse_gru_kernel_test"
     _compile(["-static", "-ffunction-sections", "-fdata-sections", "-Wl,--gc-sections",
-              *(str(ops / name) for name in ("sparse_gru_kernel_test.cc", "sparse_gru_kernel.cc",
-                                             "sparse_gru_compute.cc", "sparse_gru_options.cc",
-                                             "worker_team.cc")),
-              "-pthread",
-              "-o", str(binary)])
+              str(ops / "sparse_gru_kernel_test.cc"), *map(str, SPARSE_GRU_SOURCES),
+              "-pthread", "-o", str(binary)])
     header = binary.read_bytes()[:20]
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == EM_AARCH64
     result = subprocess.run([QEMU, str(binary)], capture_output=True, text=True, timeout=600)

@@ -19,7 +19,7 @@ from flatbuffers import flexbuffers
 
 from core.errors import UserError
 from core.keras_env import keras
-from fixtures.fuzzing import REPO, run_libfuzzer
+from fixtures.fuzzing import REPO, SPARSE_GRU_SOURCES, run_libfuzzer
 from tflite.litert_runtime import LiteRtRunner, align_constant_buffers
 from tflite.ops.sparse_gru_reference import StoredMatrix, dequantize, sparse_gru
 
@@ -350,9 +350,7 @@ def test_fuzz_options_and_validation(tmp_path):
              for i, (precision, fmt, reset_after) in enumerate(
                  (p, f, r) for p in ("float32", "int8") for f in ("csr", "dense")
                  for r in (True, False))]
-    run_libfuzzer([ops / "fuzz" / "sparse_gru_fuzz.cc", ops / "sparse_gru_kernel.cc",
-                   ops / "sparse_gru_compute.cc", ops / "sparse_gru_options.cc",
-                   ops / "worker_team.cc"],
+    run_libfuzzer([ops / "fuzz" / "sparse_gru_fuzz.cc", *SPARSE_GRU_SOURCES],
                   [fuzz_seed(case) for case in seeds], tmp_path, FUZZ_SECONDS, max_len=4096,
                   link_litert=True)
 
@@ -367,9 +365,7 @@ def test_kernel_test_is_race_free_under_thread_sanitizer(tmp_path):
     binary = tmp_path / "sparse_gru_kernel_test_tsan"
     subprocess.run(
         ["clang++", "-std=c++17", "-O1", "-g", "-fsanitize=thread", f"-I{REPO}",
-         *(str(ops / name) for name in ("sparse_gru_kernel_test.cc", "sparse_gru_kernel.cc",
-                                        "sparse_gru_compute.cc", "sparse_gru_options.cc",
-                                        "worker_team.cc")),
+         str(ops / "sparse_gru_kernel_test.cc"), *map(str, SPARSE_GRU_SOURCES),
          f"-L{litert_dir}", "-l:libLiteRt.so", f"-Wl,-rpath,{litert_dir}", "-o", str(binary)],
         check=True, capture_output=True, timeout=300)
     result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=300)
