@@ -41,7 +41,7 @@ std::string StatusText(LiteRtStatus status) {
 }
 
 std::string Where(const CustomOpSite& site) {
-  return "custom op '" + site.name + "' (subgraph " +
+  return "custom op '" + PrintableModelText(site.name) + "' (subgraph " +
          std::to_string(site.subgraph) + ", op " + std::to_string(site.op) +
          ")";
 }
@@ -290,7 +290,7 @@ bool Runtime::CheckCustomOps(const RuntimeOptions& options, std::string* error) 
           // LiteRT 2.3.0 refuses such a constant at run time ("Unaligned host
           // memory pointer") and the kernel never runs.
           *error = Where(site) + ": constant input " + std::to_string(i) + " ('" +
-                   input.name + "') is not 64-byte aligned in the model file; "
+                   PrintableModelText(input.name) + "') is not 64-byte aligned in the model file; "
                    "re-export it with aligned buffers "
                    "(tflite.litert_runtime.align_constant_buffers)";
           return false;
@@ -408,9 +408,10 @@ bool Runtime::SetUpTensors(bool is_input, std::string* error) {
     TensorInfo info;
     info.name = name ? name : "";
     info.element_type = type.element_type;
+    const std::string named = which + " ('" + PrintableModelText(info.name) + "')";
     const std::size_t element_size = ElementSize(type.element_type);
     if (element_size == 0) {
-      *error = which + " ('" + info.name + "') has element type " +
+      *error = named + " has element type " +
                std::to_string(type.element_type) + ", which the runtime does not handle";
       return false;
     }
@@ -418,11 +419,11 @@ bool Runtime::SetUpTensors(bool is_input, std::string* error) {
     for (unsigned d = 0; d < type.layout.rank; ++d) {
       const int32_t dim = type.layout.dimensions[d];
       if (dim < 0) {
-        *error = which + " ('" + info.name + "') has a dynamic dimension; convert with a fixed shape";
+        *error = named + " has a dynamic dimension; convert with a fixed shape";
         return false;
       }
       if (dim > 0 && bytes > kMaxModelBytes / static_cast<std::size_t>(dim)) {
-        *error = which + " ('" + info.name + "') is larger than 2 GiB";
+        *error = named + " is larger than 2 GiB";
         return false;
       }
       bytes *= static_cast<std::size_t>(dim);

@@ -140,7 +140,8 @@ def run_on_host(runner: Path, model: Path, threads: int, settings: RunSettings,
         output = Path(folder) / "result.json"
         command = runner_command(str(runner), str(model), threads, settings, str(output))
         try:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+            result = subprocess.run(command, capture_output=True, text=True, errors="replace",
+                                    timeout=timeout_s)
         except subprocess.TimeoutExpired:
             raise UserError(f"host benchmark of {model} did not finish within {timeout_s:.0f} s "
                             f"({shlex.join(command)}).") from None

@@ -134,6 +134,20 @@ std::string Where(uint32_t subgraph, uint32_t op) {
 
 }  // namespace
 
+std::string PrintableModelText(const std::string& text) {
+  static const char kHex[] = "0123456789abcdef";
+  std::string printable;
+  for (const char c : text) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte >= 0x20 && byte < 0x7f && byte != '\\') {
+      printable += c;
+    } else {
+      printable += {'\\', 'x', kHex[byte >> 4], kHex[byte & 0xf]};
+    }
+  }
+  return printable;
+}
+
 std::string ScanTfliteOperators(const uint8_t* data, std::size_t size) {
   const std::string damaged = "the model's flatbuffer is damaged: ";
   if (!data || size > kMaxBytes) return damaged + "no buffer, or one over 2 GiB";
@@ -178,8 +192,9 @@ std::string ScanTfliteOperators(const uint8_t* data, std::size_t size) {
       // Old converters fill only the deprecated byte, new ones both (schema.fbs).
       const int32_t effective = builtin > deprecated_builtin ? builtin : deprecated_builtin;
       const bool custom = effective == kBuiltinCustom;
-      const std::string name = custom ? "custom op '" + in.Text(custom_code) + "'"
-                                      : "builtin op " + std::to_string(effective);
+      const std::string name =
+          custom ? "custom op '" + PrintableModelText(in.Text(custom_code)) + "'"
+                 : "builtin op " + std::to_string(effective);
       const std::string where = Where(s, o) + " (" + name + ")";
       for (int side = 0; side < 2; ++side) {
         const Vector& indices = side == 0 ? inputs : outputs;

@@ -21,6 +21,11 @@ namespace runtime {
 // data[0, size).
 std::string ScanTfliteOperators(const uint8_t* data, std::size_t size);
 
+// A name read from a model (custom code, tensor name), safe to print in an
+// error: bytes outside printable ASCII become \xNN, so a damaged name cannot
+// break the UTF-8 of the messages the Python side decodes.
+std::string PrintableModelText(const std::string& text);
+
 }  // namespace runtime
 }  // namespace edgepipe
 

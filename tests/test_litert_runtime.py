@@ -111,6 +111,19 @@ def edit_sparse_gru_inputs(data: bytes, edit, side: str = "inputs") -> bytes:
                 setattr(op, side, edit(list(getattr(op, side)), len(graph.tensors)))
                 edited += 1
     assert edited == 1
+    return repack(model)
+
+
+def rename_sparse_gru(data: bytes, custom_code: bytes) -> bytes:
+    """`data` with its SparseGRU op's custom code replaced (a damaged name)."""
+    model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    codes = [code for code in model.operatorCodes if code.customCode == b"SparseGRU"]
+    assert len(codes) == 1
+    codes[0].customCode = custom_code
+    return repack(model)
+
+
+def repack(model: schema.ModelT) -> bytes:
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return align_constant_buffers(bytes(builder.Output()))
@@ -128,6 +141,26 @@ def test_sparse_gru_with_absent_input_is_refused_not_crashed(sparse_gru_model, t
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stderr
     assert message.search(result.stderr) and result.stdout == "", result.stderr
+
+
+def test_damaged_custom_op_name_is_printed_escaped(sparse_gru_model, tmp_path):
+    """A custom code that is not UTF-8 is named with \\xNN escapes by the runtime, the
+    runner and the operator scan, so the messages stay readable text."""
+    damaged = rename_sparse_gru(sparse_gru_model, b"SparseGR\xa7")
+    also_absent = edit_sparse_gru_inputs(sparse_gru_model, lambda inputs, _: [-1] + inputs[1:])
+    also_absent = rename_sparse_gru(also_absent, b"SparseGR\xa7")
+    for model, message in (
+            (damaged, "custom op 'SparseGR\\xa7' (subgraph 0, op 0) has no kernel"),
+            (also_absent, "(custom op 'SparseGR\\xa7'): input 0 is -1")):
+        with pytest.raises(UserError) as error:
+            LiteRtRunner(model)
+        assert message in str(error.value)
+        path = tmp_path / "damaged.tflite"
+        path.write_bytes(model)
+        result = subprocess.run([str(REPO / ".native" / "litert_bench"), f"--graph={path}"],
+                                capture_output=True, timeout=120)
+        assert result.returncode == 1 and result.stdout == b"", result.stderr
+        assert message in result.stderr.decode("ascii"), result.stderr
 
 
 def test_sparse_gru_with_absent_output_is_refused_not_crashed(sparse_gru_model, tmp_path):

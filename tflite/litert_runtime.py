@@ -129,7 +129,7 @@ class LiteRtRunner:
             shape = tuple(dims[i] for i in range(rank.value))
             raw = (ctypes.c_uint8 * nbytes.value).from_address(data.value)
             array = np.frombuffer(raw, dtype=dtype).reshape(shape)
-            detail = {"name": (name.value or b"").decode(), "index": index,
+            detail = {"name": (name.value or b"").decode(errors="replace"), "index": index,
                       "shape": np.array(shape, dtype=np.int32), "dtype": dtype,
                       "quantization": (0.0, 0)}
             result.append((detail, array))
