@@ -22,6 +22,9 @@ PYTHON="${PYTHON:-python3}"
 # clang and libclang-rt-14-dev (libFuzzer, sanitizers) build the kernels' fuzz
 # targets; g++-aarch64-linux-gnu and qemu-user-static build the native code for
 # arm64 and run the kernel's test there (tests/test_arm64_build.py).
+# libflatbuffers-dev and flatbuffers-compiler: the runtime verifies models with
+# flatbuffers' Verifier over a reader flatc generates, and kernels read custom
+# options with flexbuffers; libgtest-dev and googletest: the C++ tests.
 DEBIAN_PACKAGES=(
     build-essential
     python3-venv
@@ -37,6 +40,10 @@ DEBIAN_PACKAGES=(
     libclang-rt-14-dev
     g++-aarch64-linux-gnu
     qemu-user-static
+    libflatbuffers-dev
+    flatbuffers-compiler
+    libgtest-dev
+    googletest
 )
 
 log() { printf 'setup: %s\n' "$*"; }
@@ -107,20 +114,20 @@ install_if_changed "requirements" "$REPO_ROOT/requirements.txt" "$VENV/.requirem
     -r "$REPO_ROOT/requirements.txt"
 install_if_changed "edgepipe (editable)" "$REPO_ROOT/pyproject.toml" "$VENV/.pyproject.sha256" \
     --no-deps -e "$REPO_ROOT"
-# The native LiteRT runtime (for tflite/litert_runtime.py) and the benchmark
+# The native LiteRT runtime (for tflite/runtime/binding.py) and the benchmark
 # runner, built with Bazel and copied to <repo>/.native/ where Python looks.
-# Skipped when none of their sources (the runner's and the kernels'), the Bazel set-up or the wheel's
-# libLiteRt.so changed since the last build.
+# Skipped when none of their sources (runtime, runner, kernels), the Bazel
+# set-up or the wheel's libLiteRt.so changed since the last build.
 NATIVE_DIR="$REPO_ROOT/.native"
-NATIVE_TARGETS=(//android_bench:libedgepipe_runtime.so //android_bench:litert_bench)
-NATIVE_OUTPUTS=(libedgepipe_runtime.so litert_bench)
+NATIVE_TARGETS=(//tflite/runtime:libedgepipe_runtime.so //android_bench:litert_bench)
 build_native() {
     local stamp="$NATIVE_DIR/.sources.sha256" hash output missing=0
     hash="$(cd "$REPO_ROOT" && cat WORKSPACE .bazelrc android_bench/BUILD android_bench/*.cc \
-        android_bench/*.h tflite/ops/BUILD tflite/ops/*.cc tflite/ops/*.h third_party/litert/* \
+        android_bench/*.h tflite/runtime/BUILD tflite/runtime/*.cc tflite/runtime/*.h \
+        tflite/runtime/*.fbs tflite/ops/BUILD tflite/ops/*.cc tflite/ops/*.h $(find third_party -type f) \
         "$VENV"/lib/python3*/site-packages/ai_edge_litert/libLiteRt.so 2>/dev/null | sha256sum | cut -d' ' -f1)"
-    for output in "${NATIVE_OUTPUTS[@]}"; do
-        [ -f "$NATIVE_DIR/$output" ] || missing=1
+    for target in "${NATIVE_TARGETS[@]}"; do
+        [ -f "$NATIVE_DIR/${target##*:}" ] || missing=1
     done
     if [ "$missing" -eq 0 ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$hash" ]; then
         log "native runtime: up to date"
@@ -130,10 +137,13 @@ build_native() {
     (cd "$REPO_ROOT" && bazel build -c opt --noshow_progress "${NATIVE_TARGETS[@]}" 2>&1 | tail -n 3) \
         || die "bazel build of the native runtime failed"
     mkdir -p "$NATIVE_DIR"
-    for output in "${NATIVE_OUTPUTS[@]}"; do
-        [ -f "$REPO_ROOT/bazel-bin/android_bench/$output" ] || die "bazel did not produce $output"
+    local target built
+    for target in "${NATIVE_TARGETS[@]}"; do
+        output="${target##*:}"
+        built="$REPO_ROOT/bazel-bin/$(echo "${target%%:*}" | sed 's#^//##')/$output"
+        [ -f "$built" ] || die "bazel did not produce $built"
         # Copy to a temporary name, then rename: a half-copied library never loads.
-        cp -f "$REPO_ROOT/bazel-bin/android_bench/$output" "$NATIVE_DIR/.$output.tmp"
+        cp -f "$built" "$NATIVE_DIR/.$output.tmp"
         mv -f "$NATIVE_DIR/.$output.tmp" "$NATIVE_DIR/$output"
     done
     printf '%s\n' "$hash" > "$stamp"

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <utility>
 
 namespace edgepipe {
@@ -35,35 +36,14 @@ std::string DimsText(const std::vector<int32_t>& dims) {
   return text + "]";
 }
 
-// Own tables rather than the runtime's, so the kernel links without it.
-std::size_t TypeSize(LiteRtElementType type) {
-  switch (type) {
-    case kLiteRtElementTypeFloat32:
-    case kLiteRtElementTypeInt32: return 4;
-    case kGruElementTypeUInt16: return 2;
-    case kLiteRtElementTypeInt8: return 1;
-    default: return 0;
-  }
-}
-
-const char* TypeName(LiteRtElementType type) {
-  switch (type) {
-    case kLiteRtElementTypeFloat32: return "float32";
-    case kLiteRtElementTypeInt32: return "int32";
-    case kGruElementTypeUInt16: return "uint16";
-    case kLiteRtElementTypeInt8: return "int8";
-    default: return "another type";
-  }
-}
-
 // Checks that input `index` exists with `type` and `dims` (-1: any size),
 // holds exactly its bytes, and has data where `mode` needs it: the weights
 // before running (constants), every input while running.
 std::string CheckArray(const std::vector<GruTensor>& inputs, std::size_t index,
-                       LiteRtElementType type, const std::vector<int64_t>& dims, GruCheck mode) {
+                       kernels::ElementType type, const std::vector<int64_t>& dims, GruCheck mode) {
   const GruTensor& tensor = inputs[index];
-  if (mode != GruCheck::kShapes && tensor.type != type) {
-    return Label(index) + " must be " + TypeName(type) + ", got " + TypeName(tensor.type);
+  if (tensor.type != type) {
+    return Label(index) + " must be " + kernels::ElementTypeName(type) + ", got " + kernels::ElementTypeName(tensor.type);
   }
   bool shape_ok = tensor.dims.size() == dims.size();
   int64_t elements = 1;
@@ -80,7 +60,7 @@ std::string CheckArray(const std::vector<GruTensor>& inputs, std::size_t index,
     return Label(index) + " has shape " + DimsText(tensor.dims) + ", expected rank " +
            std::to_string(dims.size()) + " " + wanted + "]";
   }
-  const std::size_t bytes = static_cast<std::size_t>(elements) * TypeSize(type);
+  const std::size_t bytes = static_cast<std::size_t>(elements) * kernels::ElementSize(type);
   if (bytes > 0 && !tensor.data) {
     if (mode == GruCheck::kRun) return Label(index) + " has no data";
     if (mode == GruCheck::kPreflight && index != kX) {
@@ -99,7 +79,7 @@ std::string CheckMatrix(const SparseGruOptions& options, const std::vector<GruTe
                         std::size_t first, int64_t rows, int64_t cols, GruCheck mode,
                         GruMatrix* matrix) {
   const bool int8 = options.precision == GruPrecision::kInt8;
-  const LiteRtElementType value_type = int8 ? kLiteRtElementTypeInt8 : kLiteRtElementTypeFloat32;
+  const kernels::ElementType value_type = int8 ? kernels::ElementType::kInt8 : kernels::ElementType::kFloat32;
   const std::size_t values = first, col_indices = first + 1, row_ptr = first + 2,
                     scales = first + 3;
   std::string problem;
@@ -114,9 +94,9 @@ std::string CheckMatrix(const SparseGruOptions& options, const std::vector<GruTe
       return problem;
     }
     const int64_t nnz = inputs[values].dims[0];
-    if (!(problem = CheckArray(inputs, col_indices, kGruElementTypeUInt16, {nnz},
+    if (!(problem = CheckArray(inputs, col_indices, kernels::ElementType::kUInt16, {nnz},
                                mode)).empty() ||
-        !(problem = CheckArray(inputs, row_ptr, kLiteRtElementTypeInt32, {rows + 1},
+        !(problem = CheckArray(inputs, row_ptr, kernels::ElementType::kInt32, {rows + 1},
                                mode)).empty()) {
       return problem;
     }
@@ -166,7 +146,7 @@ std::string CheckMatrix(const SparseGruOptions& options, const std::vector<GruTe
     matrix->row_ptr = ptr;
   }
   if (int8) {
-    if (!(problem = CheckArray(inputs, scales, kLiteRtElementTypeFloat32, {rows},
+    if (!(problem = CheckArray(inputs, scales, kernels::ElementType::kFloat32, {rows},
                                mode)).empty()) {
       return problem;
     }
@@ -180,37 +160,6 @@ std::string CheckMatrix(const SparseGruOptions& options, const std::vector<GruTe
   }
   matrix->values = inputs[values].data;
   return "";
-}
-
-// The configuration the given (present) inputs imply: options do not travel
-// with LiteRT's callbacks. Input count gives format and precision, x the
-// input size, bias the units and reset_after, the output rank
-// return_sequences. False when the count fits no configuration.
-bool ImpliedOptions(const std::vector<GruTensor>& given, std::size_t output_rank,
-                    SparseGruOptions* implied) {
-  bool known = false;
-  for (GruFormat format : {GruFormat::kCsr, GruFormat::kDense}) {
-    for (GruPrecision precision : {GruPrecision::kFloat32, GruPrecision::kInt8}) {
-      if (SparseGruInputCount(format, precision) == given.size()) {
-        implied->format = format;
-        implied->precision = precision;
-        known = true;
-      }
-    }
-  }
-  if (!known) return false;
-  const GruTensor& x = given.front();
-  const GruTensor& bias = given.back();
-  implied->input_size = x.dims.size() == 3 ? x.dims[2] : 0;
-  implied->reset_after = bias.dims.size() == 2;
-  implied->units = bias.dims.empty() ? 0 : bias.dims.back() / 3;
-  implied->return_sequences = output_rank == 3;
-  return true;
-}
-
-std::string CountError(std::size_t count) {
-  return "expects 4, 6, 8 or 10 inputs (dense float32, dense int8, csr float32, csr int8), "
-         "got " + std::to_string(count);
 }
 
 }  // namespace
@@ -243,7 +192,7 @@ std::string CheckSparseGru(const SparseGruOptions& options, const std::vector<Gr
   if (num_outputs != 1) return "expects 1 output, got " + std::to_string(num_outputs);
   const int64_t units = options.units, features = options.input_size, gates = 3 * options.units;
   std::string error =
-      CheckArray(inputs, kX, kLiteRtElementTypeFloat32, {-1, -1, features}, mode);
+      CheckArray(inputs, kX, kernels::ElementType::kFloat32, {-1, -1, features}, mode);
   if (!error.empty()) return error;
   if (inputs[kX].dims[0] < 1 || inputs[kX].dims[1] < 1) {
     return Label(kX) + " has shape " + DimsText(inputs[kX].dims) +
@@ -264,7 +213,7 @@ std::string CheckSparseGru(const SparseGruOptions& options, const std::vector<Gr
   }
   const std::vector<int64_t> bias_dims =
       options.reset_after ? std::vector<int64_t>{2, gates} : std::vector<int64_t>{gates};
-  if (!(error = CheckArray(inputs, kBias, kLiteRtElementTypeFloat32, bias_dims,
+  if (!(error = CheckArray(inputs, kBias, kernels::ElementType::kFloat32, bias_dims,
                            mode)).empty()) {
     return error + (options.reset_after ? " (reset_after = true)" : " (reset_after = false)");
   }
@@ -290,191 +239,135 @@ void ComputeSparseGru(const GruProblem& problem, const float* x, float* out,
   baseline::ComputeSparseGru(problem, x, out, scratch, team);
 }
 
-SparseGruKernel::SparseGruKernel() : callbacks_{Init, OutputLayouts, Run, Destroy} {}
+std::size_t SparseGruScratchBytes(const GruProblem& problem) {
+  constexpr int64_t kStepBlock = 8;  // sparse_gru_compute.cc pads steps to it
+  const int64_t units = problem.options.units, features = problem.options.input_size;
+  const int64_t gates = 3 * units, sequences = problem.batch * problem.steps;
+  const int64_t stride = (sequences + kStepBlock - 1) / kStepBlock * kStepBlock;
+  int64_t bytes = 4 * (features * stride + gates * stride + sequences * gates + gates + 2 * units);
+  const GruMatrix& r = problem.r;
+  if (r.row_ptr) {
+    // The sliced copy: per gate, rows sorted by length in slices of
+    // kSliceRows lanes, each as long as its longest row (value + column).
+    const int64_t per_gate = r.rows / 3;
+    std::vector<int32_t> lengths(static_cast<std::size_t>(per_gate));
+    for (int64_t gate = 0; gate < 3; ++gate) {
+      for (int64_t j = 0; j < per_gate; ++j) {
+        const int64_t row = gate * per_gate + j;
+        lengths[j] = r.row_ptr[row + 1] - r.row_ptr[row];
+      }
+      std::sort(lengths.begin(), lengths.end(), std::greater<int32_t>());
+      for (int64_t start = 0; start < per_gate; start += kSliceRows) {
+        bytes += lengths[start] * kSliceRows * (4 + 2) + kSliceRows * 4 + 4;
+      }
+    }
+    bytes += 4 * (r.rows + 1);
+  } else if (r.scales && r.rows * r.cols <= kMaxFloatRowsWeights) {
+    bytes += 4 * r.rows * r.cols;
+  }
+  return static_cast<std::size_t>(bytes);
+}
 
-std::string SparseGruKernel::Validate(const runtime::CustomOpSite& site) const {
+SparseGruKernel::SparseGruKernel(const kernels::KernelConfig& config)
+    : config_(config),
+      team_(config.num_threads > 1 ? new WorkerTeam(config.num_threads) : nullptr) {}
+
+std::string SparseGruKernel::Validate(const kernels::OpSite& site) {
   SparseGruOptions options;
   std::string error = ParseSparseGruOptions(site.options, site.options_size, &options);
   if (!error.empty()) return error;
-  std::vector<GruTensor> inputs;
-  for (const runtime::OpInput& input : site.inputs) {
-    GruTensor tensor;
-    tensor.type = input.element_type;
-    tensor.dims = input.dims;
-    tensor.data = input.data;
-    tensor.size = input.size;
-    inputs.push_back(std::move(tensor));
-  }
-  return CheckSparseGru(options, inputs, site.num_outputs, GruCheck::kPreflight, nullptr);
-}
-
-void SparseGruKernel::SetNumThreads(int threads) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  const int have = team_ ? team_->size() : 1;
-  if (threads == have) return;
-  team_.reset(threads > 1 ? new WorkerTeam(threads) : nullptr);
-}
-
-std::string SparseGruKernel::TakeRunError() {
-  std::lock_guard<std::mutex> lock(mutex_);
-  std::string error;
-  error.swap(error_);
-  return error;
-}
-
-void SparseGruKernel::AddError(const std::string& error) {
-  error_ += error_.empty() ? "" : "; ";
-  error_ += error;
-}
-
-LiteRtStatus SparseGruKernel::Init(void* user_data, const void* init_data, std::size_t size) {
-  auto* self = static_cast<SparseGruKernel*>(user_data);
-  SparseGruOptions options;
-  const std::string error =
-      ParseSparseGruOptions(static_cast<const uint8_t*>(init_data), size, &options);
-  std::lock_guard<std::mutex> lock(self->mutex_);
-  ++self->live_ops_;
-  if (!error.empty()) {
-    self->AddError(error);
-    return kLiteRtStatusErrorInvalidArgument;
-  }
-  self->ops_.push_back(options);
-  return kLiteRtStatusOk;
-}
-
-LiteRtStatus SparseGruKernel::Destroy(void* user_data) {
-  auto* self = static_cast<SparseGruKernel*>(user_data);
-  std::lock_guard<std::mutex> lock(self->mutex_);
-  // Packs go with any op: its model's constants may be freed next.
-  self->scratch_.DropPacks();
-  // Which op goes is unknown; the records go when the last op does.
-  if (self->live_ops_ > 0 && --self->live_ops_ == 0) {
-    self->ops_.clear();
-    self->prepare_cursor_ = 0;
-    self->scratch_ = GruScratch();
-  }
-  return kLiteRtStatusOk;
-}
-
-LiteRtStatus SparseGruKernel::OutputLayouts(void* user_data, std::size_t num_inputs,
-                                            const LiteRtLayout* input_layouts,
-                                            std::size_t num_outputs,
-                                            LiteRtLayout* output_layouts) {
-  auto* self = static_cast<SparseGruKernel*>(user_data);
-  std::lock_guard<std::mutex> lock(self->mutex_);
-  std::vector<GruTensor> inputs(input_layouts ? num_inputs : 0);
-  for (std::size_t i = 0; i < inputs.size(); ++i) {
-    const unsigned rank = std::min<unsigned>(input_layouts[i].rank, LITERT_TENSOR_MAX_RANK);
-    inputs[i].dims.assign(input_layouts[i].dimensions, input_layouts[i].dimensions + rank);
-  }
-  SparseGruOptions implied;
-  if (num_outputs != 1 || !output_layouts || !ImpliedOptions(inputs, 0, &implied)) {
-    self->AddError(CountError(num_inputs) + " and 1 output, got " + std::to_string(num_outputs));
-    return kLiteRtStatusErrorInvalidArgument;
-  }
-  // Ops are prepared in the order they were initialized; the first op from
-  // the cursor on whose options fit these shapes is this one.
-  const std::size_t count = self->ops_.size();
-  for (std::size_t n = 0; n < count; ++n) {
-    const std::size_t index = (self->prepare_cursor_ + n) % count;
-    const SparseGruOptions& candidate = self->ops_[index];
-    SparseGruOptions shape_only = implied;  // shapes do not show return_sequences
-    shape_only.return_sequences = candidate.return_sequences;
-    if (!(candidate == shape_only)) continue;
-    GruProblem problem;
-    const std::string error = CheckSparseGru(candidate, inputs, 1, GruCheck::kShapes, &problem);
-    if (!error.empty()) {
-      self->AddError(error);
-      return kLiteRtStatusErrorInvalidArgument;
-    }
-    self->prepare_cursor_ = index + 1;
-    const std::vector<int32_t> dims = SparseGruOutputDims(problem);
-    LiteRtLayout& out = output_layouts[0];
-    std::memset(&out, 0, sizeof(out));
-    out.rank = static_cast<unsigned>(dims.size());
-    for (std::size_t d = 0; d < dims.size(); ++d) out.dimensions[d] = dims[d];
-    return kLiteRtStatusOk;
-  }
-  self->AddError("no initialized SparseGRU op has options that fit input shapes x " +
-                 DimsText(inputs.front().dims) + ", bias " + DimsText(inputs.back().dims));
-  return kLiteRtStatusErrorInvalidArgument;
-}
-
-LiteRtStatus SparseGruKernel::Run(void* user_data, std::size_t num_inputs,
-                                  const LiteRtTensorBuffer* inputs, std::size_t num_outputs,
-                                  LiteRtTensorBuffer* outputs) {
-  auto* self = static_cast<SparseGruKernel*>(user_data);
-  std::lock_guard<std::mutex> lock(self->mutex_);
-  const std::string error = self->RunLocked(num_inputs, inputs, num_outputs, outputs);
-  if (error.empty()) return kLiteRtStatusOk;
-  self->AddError(error);
-  return kLiteRtStatusErrorRuntimeFailure;
-}
-
-std::string SparseGruKernel::RunLocked(std::size_t num_inputs, const LiteRtTensorBuffer* inputs,
-                                       std::size_t num_outputs, LiteRtTensorBuffer* outputs) {
-  if (num_inputs > kGruNumSlots || num_outputs != 1 || !inputs || !outputs || !outputs[0]) {
-    return CountError(num_inputs) + " and 1 output, got " + std::to_string(num_outputs);
-  }
-  // Lock every buffer for the whole run; unlock whatever was locked on exit.
-  std::vector<LiteRtTensorBuffer> locked;
-  struct Unlocker {
-    std::vector<LiteRtTensorBuffer>* buffers;
-    ~Unlocker() {
-      for (LiteRtTensorBuffer buffer : *buffers) LiteRtUnlockTensorBuffer(buffer);
-    }
-  } unlocker{&locked};
-  auto map = [&locked](LiteRtTensorBuffer buffer, LiteRtTensorBufferLockMode mode,
-                       GruTensor* tensor) -> bool {
-    LiteRtRankedTensorType type;
-    void* host = nullptr;
-    if (LiteRtGetTensorBufferTensorType(buffer, &type) != kLiteRtStatusOk ||
-        LiteRtGetTensorBufferSize(buffer, &tensor->size) != kLiteRtStatusOk ||
-        type.layout.rank > LITERT_TENSOR_MAX_RANK ||
-        LiteRtLockTensorBuffer(buffer, &host, mode) != kLiteRtStatusOk) {
-      return false;
-    }
-    locked.push_back(buffer);
-    tensor->type = type.element_type;
-    tensor->dims.assign(type.layout.dimensions, type.layout.dimensions + type.layout.rank);
-    tensor->data = host;
-    return host != nullptr || tensor->size == 0;
-  };
-  std::vector<GruTensor> tensors(num_inputs);
-  for (std::size_t i = 0; i < num_inputs; ++i) {
-    if (!inputs[i] || !map(inputs[i], kLiteRtTensorBufferLockModeRead, &tensors[i])) {
-      return "cannot map input " + std::to_string(i);
-    }
-  }
-  GruTensor output;
-  if (!map(outputs[0], kLiteRtTensorBufferLockModeWrite, &output)) return "cannot map the output";
-
-  SparseGruOptions implied;
-  if (!ImpliedOptions(tensors, output.dims.size(), &implied)) return CountError(num_inputs);
-  bool initialized = false;
-  for (const SparseGruOptions& options : ops_) initialized = initialized || options == implied;
-  if (!initialized) {
-    return "the tensors handed to the kernel fit no initialized SparseGRU op's options";
-  }
-  GruProblem problem;
-  std::string error = CheckSparseGru(implied, tensors, num_outputs, GruCheck::kRun, &problem);
+  CheckedOp op;
+  error = CheckSparseGru(options, site.inputs, site.outputs.size(), GruCheck::kPreflight,
+                         &op.problem);
   if (!error.empty()) return error;
-  const std::vector<int32_t> want = SparseGruOutputDims(problem);
-  std::size_t want_bytes = sizeof(float);
-  for (int32_t d : want) want_bytes *= static_cast<std::size_t>(d);
-  if (output.type != kLiteRtElementTypeFloat32 || output.dims != want ||
-      output.size < want_bytes || !output.data) {
-    return "output must be float32 " + DimsText(want) + ", got " + TypeName(output.type) + " " +
-           DimsText(output.dims);
+  op.output_dims = SparseGruOutputDims(op.problem);
+  const kernels::Tensor& declared = site.outputs[0];
+  if (declared.type != kernels::ElementType::kFloat32 || declared.dims != op.output_dims) {
+    return "output 0 ('" + declared.name + "') is declared " +
+           kernels::ElementTypeName(declared.type) + " " + DimsText(declared.dims) +
+           ", but x " + DimsText(site.inputs[0].dims) + " with units " +
+           std::to_string(options.units) + " and return_sequences " +
+           (options.return_sequences ? "true" : "false") + " give float32 " +
+           DimsText(op.output_dims);
   }
-  ComputeSparseGru(problem, static_cast<const float*>(tensors[kX].data),
-                   static_cast<float*>(const_cast<void*>(output.data)), &scratch_, team_.get());
+  for (const kernels::Tensor& input : site.inputs) op.input_dims.push_back(input.dims);
+  op.scratch_bytes = SparseGruScratchBytes(op.problem);
+  // Activations are reused op after op; each op keeps its own copy of R.
+  std::size_t largest = op.scratch_bytes, kept = 0;
+  for (const CheckedOp& other : ops_) largest = std::max(largest, other.scratch_bytes);
+  for (const CheckedOp& other : ops_) kept += other.scratch_bytes;
+  if (largest + kept > config_.max_scratch_bytes) {
+    return "needs " + std::to_string((largest + kept) >> 20) + " MiB of scratch memory for x " +
+           DimsText(site.inputs[0].dims) + " and units " + std::to_string(options.units) +
+           ", more than the kernel's limit of " + std::to_string(config_.max_scratch_bytes >> 20) +
+           " MiB; run shorter sequences or a smaller batch";
+  }
+  ops_.push_back(std::move(op));
   return "";
 }
 
-SparseGruKernel* SparseGruKernelInstance() {
-  static SparseGruKernel* kernel = new SparseGruKernel();  // lives as long as the process
-  return kernel;
+std::string SparseGruKernel::Prepare(const std::vector<std::vector<int32_t>>& input_dims,
+                                     std::vector<std::vector<int32_t>>* output_dims) {
+  // LiteRT prepares ops in model order, as they were validated: the first op
+  // from the cursor on with these input shapes is this one.
+  for (std::size_t n = 0; n < ops_.size(); ++n) {
+    const std::size_t index = (prepare_cursor_ + n) % ops_.size();
+    if (ops_[index].input_dims != input_dims) continue;
+    prepare_cursor_ = index + 1;
+    *output_dims = {ops_[index].output_dims};
+    return "";
+  }
+  std::string shapes;
+  for (const auto& dims : input_dims) shapes += (shapes.empty() ? "" : ", ") + DimsText(dims);
+  return "no SparseGRU op validated at load has inputs of shapes " + shapes;
+}
+
+const SparseGruKernel::CheckedOp* SparseGruKernel::FindOp(
+    const std::vector<kernels::Tensor>& inputs) const {
+  // Ops whose constants are shared (the converter deduplicates buffers) are
+  // told apart by x's shape; a wrong x still finds its op, for the message.
+  const CheckedOp* found = nullptr;
+  for (const CheckedOp& op : ops_) {
+    if (inputs.size() != op.input_dims.size() || inputs.size() < 2 ||
+        inputs[1].data != op.problem.w.values || inputs.back().data != op.problem.bias) {
+      continue;
+    }
+    if (inputs[0].dims == op.input_dims[0]) return &op;
+    if (!found) found = &op;
+  }
+  return found;
+}
+
+std::string SparseGruKernel::Run(const std::vector<kernels::Tensor>& inputs,
+                                 const std::vector<kernels::OutputBuffer>& outputs) {
+  const CheckedOp* op = FindOp(inputs);
+  if (!op) return "the weights handed to the kernel are not those of any SparseGRU op checked at load";
+  const GruProblem& problem = op->problem;
+  const kernels::Tensor& x = inputs[0];
+  const std::size_t x_bytes =
+      4 * static_cast<std::size_t>(problem.batch * problem.steps * problem.options.input_size);
+  if (x.type != kernels::ElementType::kFloat32 || x.dims != op->input_dims[0] ||
+      x.size != x_bytes || !x.data) {
+    return Label(kX) + " must be float32 " + DimsText(op->input_dims[0]) + " (" +
+           std::to_string(x_bytes) + " bytes), got " + kernels::ElementTypeName(x.type) + " " +
+           DimsText(x.dims) + " (" + std::to_string(x.size) + " bytes)";
+  }
+  std::size_t out_bytes = sizeof(float);
+  for (int32_t d : op->output_dims) out_bytes *= static_cast<std::size_t>(d);
+  if (outputs.size() != 1 || outputs[0].type != kernels::ElementType::kFloat32 ||
+      outputs[0].dims != op->output_dims || outputs[0].size < out_bytes || !outputs[0].data) {
+    return "output 0 must be float32 " + DimsText(op->output_dims) + " (" +
+           std::to_string(out_bytes) + " bytes)";
+  }
+  ComputeSparseGru(problem, static_cast<const float*>(x.data),
+                   static_cast<float*>(outputs[0].data), &scratch_, team_.get());
+  return "";
+}
+
+kernels::KernelRegistration SparseGruRegistration() {
+  return {"SparseGRU", 1, [](const kernels::KernelConfig& config) {
+            return std::unique_ptr<kernels::OpKernel>(new SparseGruKernel(config));
+          }};
 }
 
 }  // namespace ops

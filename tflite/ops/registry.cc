@@ -1,0 +1,16 @@
+#include "tflite/ops/registry.h"
+
+#include "tflite/ops/sparse_gru_kernel.h"
+
+namespace edgepipe {
+namespace kernels {
+
+const std::vector<KernelRegistration>& ProjectKernels() {
+  static const std::vector<KernelRegistration> kernels = {
+      ops::SparseGruRegistration(),
+  };
+  return kernels;
+}
+
+}  // namespace kernels
+}  // namespace edgepipe
