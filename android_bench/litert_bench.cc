@@ -25,7 +25,7 @@
 #endif
 
 #include "android_bench/latency_stats.h"
-#include "android_bench/litert_runtime.h"
+#include "tflite/runtime/litert_runtime.h"
 
 namespace {
 
@@ -47,6 +47,9 @@ struct Flags {
   double run_delay = -1.0;
   std::string accelerator = "cpu";
   std::string input_layer_value_files;
+  std::string input_layer;
+  std::string input_layer_shape;
+  uint64_t max_tensor_bytes = edgepipe::runtime::kDefaultMaxTensorBytes;
   bool report_peak_memory_footprint = false;
   std::string json_output;
 };
@@ -55,7 +58,8 @@ const char kUsage[] =
     "usage: litert_bench --graph=MODEL.tflite [--num_threads=1] [--warmup_runs=1]\n"
     "  [--warmup_min_secs=0.5] [--num_runs=50] [--min_secs=1] [--max_secs=150]\n"
     "  [--run_delay=-1] [--accelerator=cpu|gpu] [--input_layer_value_files=NAME:FILE]\n"
-    "  [--report_peak_memory_footprint=false] [--json_output=PATH]\n";
+    "  [--input_layer=A,B --input_layer_shape=1,224,224,3:1,20]\n"
+    "  [--max_tensor_bytes=N] [--report_peak_memory_footprint=false] [--json_output=PATH]\n";
 
 bool ParseInt(const std::string& text, int low, int high, int* out) {
   char* end = nullptr;
@@ -72,6 +76,15 @@ bool ParseSeconds(const std::string& text, double low, double* out) {
   if (text.empty() || *end != '\0' || !std::isfinite(value) || value < low || value > 86400) {
     return false;
   }
+  *out = value;
+  return true;
+}
+
+bool ParseBytes(const std::string& text, uint64_t* out) {
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long value = std::strtoull(text.c_str(), &end, 10);
+  if (text.empty() || text[0] == '-' || *end != '\0' || errno != 0 || value == 0) return false;
   *out = value;
   return true;
 }
@@ -104,6 +117,9 @@ std::string ParseFlags(int argc, char** argv, Flags* flags) {
     else if (name == "run_delay") ok = ParseSeconds(value, -1, &flags->run_delay);
     else if (name == "accelerator") ok = value == "cpu" || value == "gpu", flags->accelerator = value;
     else if (name == "input_layer_value_files") flags->input_layer_value_files = value;
+    else if (name == "input_layer") flags->input_layer = value;
+    else if (name == "input_layer_shape") flags->input_layer_shape = value;
+    else if (name == "max_tensor_bytes") ok = ParseBytes(value, &flags->max_tensor_bytes);
     else if (name == "report_peak_memory_footprint") ok = ParseBool(value, &flags->report_peak_memory_footprint);
     else if (name == "json_output") ok = !value.empty(), flags->json_output = value;
     else return "unknown flag --" + name;
@@ -116,19 +132,54 @@ std::string ParseFlags(int argc, char** argv, Flags* flags) {
   return "";
 }
 
+// Length of the UTF-8 sequence starting at text[i], 0 when it is not valid
+// (overlong forms, surrogates and code points past U+10FFFF included).
+std::size_t Utf8Length(const std::string& text, std::size_t i) {
+  const auto byte = [&](std::size_t k) { return static_cast<unsigned char>(text[k]); };
+  const unsigned char lead = byte(i);
+  std::size_t length = 0;
+  uint32_t point = 0;
+  if (lead < 0x80) return 1;
+  if (lead >= 0xC2 && lead <= 0xDF) length = 2, point = lead & 0x1F;
+  else if (lead >= 0xE0 && lead <= 0xEF) length = 3, point = lead & 0x0F;
+  else if (lead >= 0xF0 && lead <= 0xF4) length = 4, point = lead & 0x07;
+  else return 0;
+  if (i + length > text.size()) return 0;
+  for (std::size_t k = 1; k < length; ++k) {
+    if ((byte(i + k) & 0xC0) != 0x80) return 0;
+    point = (point << 6) | (byte(i + k) & 0x3F);
+  }
+  const uint32_t smallest[] = {0, 0, 0x80, 0x800, 0x10000};
+  if (point < smallest[length] || point > 0x10FFFF || (point >= 0xD800 && point <= 0xDFFF)) {
+    return 0;
+  }
+  return length;
+}
+
+// A JSON string that is valid UTF-8 whatever bytes a path or a model's names
+// hold: bytes that are not UTF-8 are written as the text \xNN.
 std::string JsonString(const std::string& text) {
   std::string out = "\"";
-  for (unsigned char c : text) {
+  for (std::size_t i = 0; i < text.size();) {
+    const unsigned char c = static_cast<unsigned char>(text[i]);
+    const std::size_t length = Utf8Length(text, i);
+    char escaped[8];
+    if (length == 0) {
+      std::snprintf(escaped, sizeof(escaped), "\\\\x%02x", c);
+      out += escaped;
+      ++i;
+      continue;
+    }
     if (c == '"' || c == '\\') {
       out += '\\';
       out += static_cast<char>(c);
     } else if (c < 0x20) {
-      char escaped[8];
       std::snprintf(escaped, sizeof(escaped), "\\u%04x", c);
       out += escaped;
     } else {
-      out += static_cast<char>(c);
+      out.append(text, i, length);
     }
+    i += length;
   }
   return out + "\"";
 }
@@ -292,10 +343,16 @@ int main(int argc, char** argv) {
   options.num_threads = flags.num_threads;
   options.accelerator = flags.accelerator == "gpu" ? edgepipe::runtime::Accelerator::kGpu
                                                    : edgepipe::runtime::Accelerator::kCpu;
-  std::string error;
+  options.max_tensor_bytes = static_cast<std::size_t>(flags.max_tensor_bytes);
+  std::string error = edgepipe::runtime::ParseInputShapes(flags.input_layer, flags.input_layer_shape,
+                                                          &options.input_shapes);
+  if (!error.empty()) return Fail(2, error);
   const Clock::time_point init_start = Clock::now();
   std::unique_ptr<Runtime> runtime = Runtime::Open(flags.graph, nullptr, 0, options, &error);
   if (!runtime) return Fail(1, flags.graph + ": " + error);
+  // Progress for whoever watches stderr: a crash after this line happened
+  // while running, not while compiling.
+  std::fprintf(stderr, "litert_bench: compiled\n");
   const double init_us = SecondsSince(init_start) * 1e6;
   const long rss_init_kib = StatusKib("VmRSS");
 
@@ -380,7 +437,10 @@ int main(int argc, char** argv) {
        << ", \"num_runs\": " << flags.num_runs << ", \"min_secs\": " << JsonNumber(flags.min_secs)
        << ", \"max_secs\": " << JsonNumber(flags.max_secs)
        << ", \"run_delay\": " << JsonNumber(flags.run_delay)
-       << ", \"input_layer_value_files\": " << JsonString(flags.input_layer_value_files) << "}"
+       << ", \"input_layer_value_files\": " << JsonString(flags.input_layer_value_files)
+       << ", \"input_layer\": " << JsonString(flags.input_layer)
+       << ", \"input_layer_shape\": " << JsonString(flags.input_layer_shape)
+       << ", \"max_tensor_bytes\": " << flags.max_tensor_bytes << "}"
        << ", \"init\": {\"total_us\": " << JsonNumber(init_us)
        << ", \"load_us\": " << JsonNumber(times.load_us)
        << ", \"check_us\": " << JsonNumber(times.check_us)

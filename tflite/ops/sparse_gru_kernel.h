@@ -63,8 +63,10 @@ class SparseGruKernel : public kernels::OpKernel {
   std::string Run(const std::vector<kernels::Tensor>& inputs,
                   const std::vector<kernels::OutputBuffer>& outputs) override;
 
-  // Copies of R kept for the recurrence (tests look at them).
+  // What tests look at: the copies of R kept for the recurrence, and the
+  // threads a run uses.
   const GruScratch& scratch() const { return scratch_; }
+  int threads() const { return team_ ? team_->size() : 1; }
 
  private:
   struct CheckedOp {

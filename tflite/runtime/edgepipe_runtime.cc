@@ -1,10 +1,10 @@
-#include "android_bench/edgepipe_runtime.h"
+#include "tflite/runtime/edgepipe_runtime.h"
 
 #include <cstring>
 #include <memory>
 #include <string>
 
-#include "android_bench/litert_runtime.h"
+#include "tflite/runtime/litert_runtime.h"
 
 struct EdgepipeRuntime {
   std::unique_ptr<edgepipe::runtime::Runtime> runtime;
@@ -25,7 +25,9 @@ extern "C" {
 
 EdgepipeRuntime* edgepipe_runtime_open(const char* path, const void* data,
                                        size_t size, int num_threads,
-                                       int accelerator, char* err,
+                                       int accelerator, const char* input_layer,
+                                       const char* input_layer_shape,
+                                       uint64_t max_tensor_bytes, char* err,
                                        size_t errlen) {
   using edgepipe::runtime::Accelerator;
   if (accelerator != 0 && accelerator != 1) {
@@ -35,7 +37,14 @@ EdgepipeRuntime* edgepipe_runtime_open(const char* path, const void* data,
   edgepipe::runtime::RuntimeOptions options;
   options.num_threads = num_threads;
   options.accelerator = accelerator == 1 ? Accelerator::kGpu : Accelerator::kCpu;
-  std::string error;
+  if (max_tensor_bytes > 0) options.max_tensor_bytes = static_cast<size_t>(max_tensor_bytes);
+  std::string error = edgepipe::runtime::ParseInputShapes(
+      input_layer ? input_layer : "", input_layer_shape ? input_layer_shape : "",
+      &options.input_shapes);
+  if (!error.empty()) {
+    WriteError(error, err, errlen);
+    return nullptr;
+  }
   auto runtime = edgepipe::runtime::Runtime::Open(path ? path : "", data, size,
                                                   options, &error);
   if (!runtime) {

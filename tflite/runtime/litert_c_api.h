@@ -3,11 +3,13 @@
 // tree. Every declaration was checked against the library: the symbol exists
 // (`nm -D --defined-only libLiteRt.so`), the argument order matches what the
 // function tests for null (objdump), and the behaviour was exercised by
-// android_bench/litert_runtime_test.cc. Facts that differ between LiteRT
+// tflite/runtime/litert_runtime_test.cc. The layouts of the structs we declare
+// are pinned by static_asserts at the end, so an upgrade that changes them
+// fails the build, not a run. Facts that differ between LiteRT
 // releases are marked "2.3.0"; re-check them when the wheel is upgraded.
 
-#ifndef EDGEPIPE_ANDROID_BENCH_LITERT_C_API_H_
-#define EDGEPIPE_ANDROID_BENCH_LITERT_C_API_H_
+#ifndef EDGEPIPE_TFLITE_RUNTIME_LITERT_C_API_H_
+#define EDGEPIPE_TFLITE_RUNTIME_LITERT_C_API_H_
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -49,6 +51,7 @@ typedef int LiteRtElementType;
 #define kLiteRtElementTypeInt16 7
 #define kLiteRtElementTypeInt8 9
 #define kLiteRtElementTypeFloat16 10
+#define kLiteRtElementTypeUInt16 17
 
 // Op codes use TFLite's BuiltinOperator numbering; CUSTOM is 32.
 typedef int LiteRtOpCode;
@@ -204,6 +207,19 @@ LiteRtStatus LiteRtRunCompiledModel(LiteRtCompiledModel compiled_model,
                                     size_t num_outputs,
                                     LiteRtTensorBuffer* outputs);
 
+// Dynamic shapes (2.3.0): only dimensions that are -1 in the model may be
+// resized; afterwards the output layouts are read back with
+// update_allocation set, which makes LiteRT plan the new sizes.
+LiteRtStatus LiteRtCompiledModelResizeInputTensor(
+    LiteRtCompiledModel compiled_model, LiteRtParamIndex signature_index,
+    LiteRtParamIndex input_index, const int* dims, size_t dims_size);
+LiteRtStatus LiteRtGetCompiledModelInputTensorLayout(
+    LiteRtCompiledModel compiled_model, LiteRtParamIndex signature_index,
+    LiteRtParamIndex input_index, LiteRtLayout* layout);
+LiteRtStatus LiteRtGetCompiledModelOutputTensorLayouts(
+    LiteRtCompiledModel compiled_model, LiteRtParamIndex signature_index,
+    size_t num_layouts, LiteRtLayout* layouts, bool update_allocation);
+
 // Tensor buffers over memory we own (64-byte aligned; no deallocator needed).
 LiteRtStatus LiteRtCreateTensorBufferFromHostMemory(
     const LiteRtRankedTensorType* tensor_type, void* host_memory,
@@ -220,4 +236,21 @@ LiteRtStatus LiteRtUnlockTensorBuffer(LiteRtTensorBuffer buffer);
 }
 #endif
 
-#endif  // EDGEPIPE_ANDROID_BENCH_LITERT_C_API_H_
+#ifdef __cplusplus
+#include <cstddef>
+// 2.3.0's layouts (GCC/Clang, LP64 and ILP32 alike): a change here means the
+// declarations above no longer match the library.
+static_assert(sizeof(LiteRtLayout) == 68, "LiteRtLayout changed");
+static_assert(offsetof(LiteRtLayout, dimensions) == 4, "LiteRtLayout.dimensions moved");
+static_assert(offsetof(LiteRtLayout, strides) == 36, "LiteRtLayout.strides moved");
+static_assert(sizeof(LiteRtRankedTensorType) == 72, "LiteRtRankedTensorType changed");
+static_assert(offsetof(LiteRtRankedTensorType, layout) == 4,
+              "LiteRtRankedTensorType.layout moved");
+static_assert(sizeof(LiteRtCustomOpKernel) == 4 * sizeof(void*), "LiteRtCustomOpKernel changed");
+static_assert(offsetof(LiteRtCustomOpKernel, GetOutputLayouts) == sizeof(void*) &&
+                  offsetof(LiteRtCustomOpKernel, Run) == 2 * sizeof(void*) &&
+                  offsetof(LiteRtCustomOpKernel, Destroy) == 3 * sizeof(void*),
+              "LiteRtCustomOpKernel callbacks moved");
+#endif
+
+#endif  // EDGEPIPE_TFLITE_RUNTIME_LITERT_C_API_H_

@@ -1,14 +1,14 @@
-#include "android_bench/litert_runtime.h"
+#include "tflite/runtime/litert_runtime.h"
 
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <cerrno>
 #include <utility>
 
-#include "android_bench/tflite_flatbuffer_scan.h"
-#include "tflite/ops/sparse_gru_kernel.h"
+#include "tflite/runtime/model_checks.h"
 
 namespace edgepipe {
 namespace runtime {
@@ -40,67 +40,107 @@ std::string StatusText(LiteRtStatus status) {
   return "LiteRT status " + std::to_string(status);
 }
 
-std::string Where(const CustomOpSite& site) {
-  return "custom op '" + PrintableModelText(site.name) + "' (subgraph " +
-         std::to_string(site.subgraph) + ", op " + std::to_string(site.op) +
-         ")";
+std::string DimsText(const std::vector<int32_t>& dims) {
+  std::string text = "[";
+  for (std::size_t i = 0; i < dims.size(); ++i) {
+    text += (i ? ", " : "") + std::to_string(dims[i]);
+  }
+  return text + "]";
 }
 
-bool ReadTensorType(LiteRtTensor tensor, OpInput* out) {
+std::string MiB(std::size_t bytes) { return std::to_string((bytes + (1 << 20) - 1) >> 20) + " MiB"; }
+
+std::string Where(const std::string& name, std::size_t subgraph, std::size_t op) {
+  return "custom op '" + PrintableModelText(name) + "' (subgraph " + std::to_string(subgraph) +
+         ", op " + std::to_string(op) + ")";
+}
+
+bool ReadTensor(LiteRtTensor tensor, kernels::Tensor* out) {
   const char* name = nullptr;
-  if (LiteRtGetTensorName(tensor, &name) == kLiteRtStatusOk && name) {
-    out->name = name;
-  }
+  if (LiteRtGetTensorName(tensor, &name) == kLiteRtStatusOk && name) out->name = name;
   LiteRtTensorTypeId type_id = -1;
   if (LiteRtGetTensorTypeId(tensor, &type_id) != kLiteRtStatusOk) return false;
-  if (type_id != kLiteRtRankedTensorType) return true;
+  if (type_id != kLiteRtRankedTensorType) return true;  // unranked: no type, no dims
   LiteRtRankedTensorType type;
-  if (LiteRtGetRankedTensorType(tensor, &type) != kLiteRtStatusOk) return false;
-  if (type.layout.rank > LITERT_TENSOR_MAX_RANK) return false;
-  out->ranked = true;
-  out->element_type = type.element_type;
-  out->dims.assign(type.layout.dimensions,
-                   type.layout.dimensions + type.layout.rank);
+  if (LiteRtGetRankedTensorType(tensor, &type) != kLiteRtStatusOk ||
+      type.layout.rank > LITERT_TENSOR_MAX_RANK) {
+    return false;
+  }
+  out->type = static_cast<kernels::ElementType>(type.element_type);
+  out->dims.assign(type.layout.dimensions, type.layout.dimensions + type.layout.rank);
   return true;
+}
+
+// Parses "1,224,224,3" into positive dimensions.
+bool ParseDims(const std::string& text, std::vector<int32_t>* dims) {
+  dims->clear();
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    const std::size_t comma = std::min(text.find(',', start), text.size());
+    const std::string item = text.substr(start, comma - start);
+    char* end = nullptr;
+    errno = 0;
+    const long value = std::strtol(item.c_str(), &end, 10);
+    if (item.empty() || *end != '\0' || errno != 0 || value < 1 || value > (1L << 30)) {
+      return false;
+    }
+    dims->push_back(static_cast<int32_t>(value));
+    start = comma + 1;
+  }
+  return !dims->empty() && dims->size() <= LITERT_TENSOR_MAX_RANK;
+}
+
+std::vector<std::string> Split(const std::string& text, char separator) {
+  std::vector<std::string> parts;
+  std::size_t start = 0;
+  while (true) {
+    const std::size_t at = text.find(separator, start);
+    parts.push_back(text.substr(start, at == std::string::npos ? std::string::npos : at - start));
+    if (at == std::string::npos) return parts;
+    start = at + 1;
+  }
 }
 
 }  // namespace
 
-std::vector<CustomOpKernel*> ProjectKernels() {
-  return {ops::SparseGruKernelInstance()};
+std::string ParseInputShapes(const std::string& names, const std::string& shapes,
+                             std::vector<InputShape>* out) {
+  out->clear();
+  if (names.empty() && shapes.empty()) return "";
+  if (names.empty() || shapes.empty()) {
+    return "--input_layer and --input_layer_shape go together: name the inputs and give "
+           "their shapes (e.g. --input_layer=x --input_layer_shape=1,224,224,3)";
+  }
+  const std::vector<std::string> name_list = Split(names, ',');
+  const std::vector<std::string> shape_list = Split(shapes, ':');
+  if (name_list.size() != shape_list.size()) {
+    return "--input_layer names " + std::to_string(name_list.size()) +
+           " input(s) but --input_layer_shape gives " + std::to_string(shape_list.size()) +
+           " shape(s); separate shapes with ':' and dimensions with ','";
+  }
+  for (std::size_t i = 0; i < name_list.size(); ++i) {
+    InputShape shape;
+    shape.name = name_list[i];
+    if (shape.name.empty()) return "--input_layer has an empty name";
+    for (const InputShape& seen : *out) {
+      if (seen.name == shape.name) return "--input_layer names '" + shape.name + "' twice";
+    }
+    if (!ParseDims(shape_list[i], &shape.dims)) {
+      return "--input_layer_shape: '" + shape_list[i] + "' for input '" + shape.name +
+             "' is not a list of 1 to 8 positive dimensions like 1,224,224,3";
+    }
+    out->push_back(std::move(shape));
+  }
+  return "";
 }
 
 std::size_t ElementSize(LiteRtElementType type) {
-  switch (type) {
-    case kLiteRtElementTypeFloat32:
-    case kLiteRtElementTypeInt32:
-      return 4;
-    case kLiteRtElementTypeInt64:
-      return 8;
-    case kLiteRtElementTypeInt16:
-    case kLiteRtElementTypeFloat16:
-      return 2;
-    case kLiteRtElementTypeInt8:
-    case kLiteRtElementTypeUInt8:
-    case kLiteRtElementTypeBool:
-      return 1;
-    default:
-      return 0;
-  }
+  return kernels::ElementSize(static_cast<kernels::ElementType>(type));
 }
 
 const char* ElementTypeName(LiteRtElementType type) {
-  switch (type) {
-    case kLiteRtElementTypeFloat32: return "float32";
-    case kLiteRtElementTypeInt32: return "int32";
-    case kLiteRtElementTypeInt64: return "int64";
-    case kLiteRtElementTypeInt16: return "int16";
-    case kLiteRtElementTypeFloat16: return "float16";
-    case kLiteRtElementTypeInt8: return "int8";
-    case kLiteRtElementTypeUInt8: return "uint8";
-    case kLiteRtElementTypeBool: return "bool";
-    default: return "unsupported";
-  }
+  return ElementSize(type) ? kernels::ElementTypeName(static_cast<kernels::ElementType>(type))
+                           : "unsupported";
 }
 
 std::unique_ptr<Runtime> Runtime::Open(const std::string& path,
@@ -114,7 +154,7 @@ std::unique_ptr<Runtime> Runtime::Open(const std::string& path,
   }
   std::unique_ptr<Runtime> runtime(new Runtime());
   auto start = std::chrono::steady_clock::now();
-  if (!runtime->Load(path, data, size, error)) return nullptr;
+  if (!runtime->Load(path, data, size, options, error)) return nullptr;
   runtime->times_.load_us = MicrosSince(start);
   start = std::chrono::steady_clock::now();
   if (!runtime->CheckCustomOps(options, error)) return nullptr;
@@ -129,6 +169,7 @@ Runtime::~Runtime() {
   for (LiteRtTensorBuffer buffer : input_buffers_) LiteRtDestroyTensorBuffer(buffer);
   for (LiteRtTensorBuffer buffer : output_buffers_) LiteRtDestroyTensorBuffer(buffer);
   if (compiled_) LiteRtDestroyCompiledModel(compiled_);
+  kernels_.clear();  // after the compiled model: its ops call them until then
   if (options_) LiteRtDestroyOptions(options_);
   if (model_) LiteRtDestroyModel(model_);
   if (environment_) LiteRtDestroyEnvironment(environment_);
@@ -138,7 +179,7 @@ Runtime::~Runtime() {
 }
 
 bool Runtime::Load(const std::string& path, const void* data, std::size_t size,
-                   std::string* error) {
+                   const RuntimeOptions& options, std::string* error) {
   const std::string label = path.empty() ? std::string("<buffer>") : path;
   if (!path.empty()) {
     std::FILE* file = std::fopen(path.c_str(), "rb");
@@ -186,12 +227,20 @@ bool Runtime::Load(const std::string& path, const void* data, std::size_t size,
              " lacks the 'TFL3' file identifier; pass a .tflite file written by the converter";
     return false;
   }
-  // LiteRT's accessors hide -1 op inputs, yet it crashes at run on one in a
-  // custom op; our own reader of the raw flatbuffer sees them, and checks the
-  // operators before LiteRT's parser does.
-  const std::string scan = ScanTfliteOperators(static_cast<const uint8_t*>(model_memory_.ptr), size);
-  if (!scan.empty()) {
-    *error = "refusing " + label + ": " + scan;
+  // Before LiteRT's parser sees it: a verified flatbuffer, no -1 input LiteRT
+  // would crash on (its accessors hide them), activations within the limit.
+  ModelSummary summary;
+  const std::string problem =
+      CheckModel(static_cast<const uint8_t*>(model_memory_.ptr), size, &summary);
+  if (!problem.empty()) {
+    *error = "refusing " + label + ": " + problem;
+    return false;
+  }
+  activation_bytes_ = summary.activation_bytes;
+  if (activation_bytes_ > options.max_tensor_bytes) {
+    *error = "refusing " + label + ": its tensors need " + MiB(activation_bytes_) +
+             ", more than the limit of " + MiB(options.max_tensor_bytes) +
+             " (--max_tensor_bytes); raise the limit if the device has the memory";
     return false;
   }
   LiteRtStatus status = LiteRtCreateEnvironment(0, nullptr, &environment_);
@@ -232,56 +281,63 @@ bool Runtime::CheckCustomOps(const RuntimeOptions& options, std::string* error) 
         return false;
       }
       if (code != kLiteRtOpCodeTflCustom) continue;
-      CustomOpSite site;
-      site.subgraph = s;
-      site.op = o;
-      const char* name = nullptr;
-      if (LiteRtGetCustomCode(op, &name) != kLiteRtStatusOk || !name) {
+      const char* custom_code = nullptr;
+      if (LiteRtGetCustomCode(op, &custom_code) != kLiteRtStatusOk || !custom_code) {
         *error = "op " + std::to_string(o) + " of subgraph " + std::to_string(s) +
                  " is CUSTOM but has no custom code";
         return false;
       }
-      site.name = name;
-      CustomOpKernel* kernel = nullptr;
-      for (CustomOpKernel* candidate : options.kernels) {
-        if (candidate && site.name == candidate->name()) kernel = candidate;
+      const std::string name = custom_code;
+      const std::string where = Where(name, s, o);
+      KernelHost* host = nullptr;
+      for (const auto& existing : kernels_) {
+        if (name == existing->name()) host = existing.get();
       }
-      if (!kernel) {
+      if (!host) {
+        const kernels::KernelRegistration* registration = nullptr;
         std::string known;
-        for (CustomOpKernel* candidate : options.kernels) {
-          if (!candidate) continue;
-          known += known.empty() ? "" : ", ";
-          known += candidate->name();
+        for (const kernels::KernelRegistration& candidate : *options.kernels) {
+          if (name == candidate.name) registration = &candidate;
+          known += (known.empty() ? "" : ", ") + std::string(candidate.name);
         }
-        *error = Where(site) + " has no kernel in edgepipe's runtime (registered: " +
-                 (known.empty() ? std::string("none") : known) +
-                 "); lower the model without it or add a kernel under tflite/ops/";
-        return false;
+        if (!registration) {
+          *error = where + " has no kernel in edgepipe's runtime (registered: " +
+                   (known.empty() ? std::string("none") : known) +
+                   "); lower the model without it or add a kernel under tflite/ops/";
+          return false;
+        }
+        kernels::KernelConfig config;
+        config.num_threads = options.num_threads;
+        kernels_.emplace_back(new KernelHost(*registration, config));
+        host = kernels_.back().get();
       }
+      kernels::OpSite site;
+      site.subgraph = s;
+      site.op = o;
       const uint8_t* custom_options = nullptr;
       int32_t options_size = 0;  // 2.3.0 writes the size as int32
       if (LiteRtGetCustomOptions(op, &custom_options, &options_size) != kLiteRtStatusOk ||
           options_size < 0) {
-        *error = Where(site) + " has unreadable custom options";
+        *error = where + " has unreadable custom options";
         return false;
       }
       site.options = options_size > 0 ? custom_options : nullptr;
       site.options_size = static_cast<std::size_t>(options_size);
-      LiteRtParamIndex num_inputs = 0;
+      LiteRtParamIndex num_inputs = 0, num_outputs = 0;
       if (LiteRtGetNumOpInputs(op, &num_inputs) != kLiteRtStatusOk ||
-          LiteRtGetNumOpOutputs(op, &site.num_outputs) != kLiteRtStatusOk) {
-        *error = Where(site) + " has unreadable inputs or outputs";
+          LiteRtGetNumOpOutputs(op, &num_outputs) != kLiteRtStatusOk) {
+        *error = where + " has unreadable inputs or outputs";
         return false;
       }
       for (LiteRtParamIndex i = 0; i < num_inputs; ++i) {
-        OpInput input;
+        kernels::Tensor input;
         LiteRtTensor tensor = nullptr;
         LiteRtWeights weights = nullptr;
         if (LiteRtGetOpInput(op, i, &tensor) != kLiteRtStatusOk || !tensor ||
-            !ReadTensorType(tensor, &input) ||
+            !ReadTensor(tensor, &input) ||
             LiteRtGetTensorWeights(tensor, &weights) != kLiteRtStatusOk ||
             LiteRtGetWeightsBytes(weights, &input.data, &input.size) != kLiteRtStatusOk) {
-          *error = Where(site) + ": cannot read input " + std::to_string(i);
+          *error = where + ": cannot read input " + std::to_string(i);
           return false;
         }
         if (input.size == 0) input.data = nullptr;
@@ -289,25 +345,44 @@ bool Runtime::CheckCustomOps(const RuntimeOptions& options, std::string* error) 
             reinterpret_cast<std::uintptr_t>(input.data) % kAlignment != 0) {
           // LiteRT 2.3.0 refuses such a constant at run time ("Unaligned host
           // memory pointer") and the kernel never runs.
-          *error = Where(site) + ": constant input " + std::to_string(i) + " ('" +
+          *error = where + ": constant input " + std::to_string(i) + " ('" +
                    PrintableModelText(input.name) + "') is not 64-byte aligned in the model file; "
                    "re-export it with aligned buffers "
-                   "(tflite.litert_runtime.align_constant_buffers)";
+                   "(tflite.flatbuffer_rewrite.align_constant_buffers)";
           return false;
         }
         site.inputs.push_back(std::move(input));
       }
-      const std::string problem = kernel->Validate(site);
+      for (LiteRtParamIndex i = 0; i < num_outputs; ++i) {
+        kernels::Tensor output;
+        LiteRtTensor tensor = nullptr;
+        if (LiteRtGetOpOutput(op, i, &tensor) != kLiteRtStatusOk || !tensor ||
+            !ReadTensor(tensor, &output)) {
+          *error = where + ": cannot read output " + std::to_string(i);
+          return false;
+        }
+        output.name = PrintableModelText(output.name);
+        site.outputs.push_back(std::move(output));
+      }
+      const std::string problem = host->Validate(site);
       if (!problem.empty()) {
-        *error = Where(site) + " failed validation: " + problem;
+        *error = where + " failed validation: " + problem;
         return false;
       }
-      bool listed = false;
-      for (CustomOpKernel* used : used_kernels_) listed = listed || used == kernel;
-      if (!listed) used_kernels_.push_back(kernel);
     }
   }
   return true;
+}
+
+std::string Runtime::TakeKernelErrors() {
+  std::string errors;
+  for (const auto& host : kernels_) {
+    const std::string problem = host->TakeErrors();
+    if (problem.empty()) continue;
+    errors += errors.empty() ? "" : "; ";
+    errors += std::string("custom op '") + host->name() + "': " + problem;
+  }
+  return errors;
 }
 
 bool Runtime::Compile(const RuntimeOptions& options, std::string* error) {
@@ -346,34 +421,127 @@ bool Runtime::Compile(const RuntimeOptions& options, std::string* error) {
     *error = "cannot set the thread count (" + StatusText(status) + ")";
     return false;
   }
-  for (CustomOpKernel* kernel : used_kernels_) {
-    kernel->SetNumThreads(options.num_threads);
-    status = LiteRtAddCustomOpKernelOption(options_, kernel->name(), kernel->version(),
-                                           &kernel->callbacks(), kernel->user_data());
+  for (const auto& host : kernels_) {
+    // The host is this model's kernel: LiteRT hands it back to every callback.
+    status = LiteRtAddCustomOpKernelOption(options_, host->name(), host->version(),
+                                           &host->callbacks(), host.get());
     if (status != kLiteRtStatusOk) {
-      *error = std::string("cannot register the kernel of custom op '") + kernel->name() +
+      *error = std::string("cannot register the kernel of custom op '") + host->name() +
                "' (" + StatusText(status) + ")";
       return false;
     }
   }
   status = LiteRtCreateCompiledModel(environment_, model_, options_, &compiled_);
+  // Init and output-shape errors of our kernels: LiteRT drops their statuses.
+  const std::string kernel_errors = TakeKernelErrors();
+  if (!kernel_errors.empty()) {
+    *error = "cannot compile the model: " + kernel_errors;
+    return false;
+  }
   if (status != kLiteRtStatusOk || !compiled_) {
     *error = options.accelerator == Accelerator::kGpu
                  ? "the GPU accelerator is not available here (" + StatusText(status) +
                        "); use --accelerator=cpu"
-                 : "LiteRT cannot compile the model (" + StatusText(status) + ")";
+                 : "LiteRT cannot compile the model (" + StatusText(status) +
+                       "); an op's tensors do not fit what its kernel expects";
     return false;
   }
-  return SetUpTensors(true, error) && SetUpTensors(false, error);
+  return ResizeInputs(options, error) && SetUpTensors(true, error) &&
+         SetUpTensors(false, error);
+}
+
+bool Runtime::ResizeInputs(const RuntimeOptions& options, std::string* error) {
+  LiteRtSignature signature = nullptr;
+  LiteRtParamIndex count = 0;
+  if (LiteRtGetModelSignature(model_, 0, &signature) != kLiteRtStatusOk ||
+      LiteRtGetNumSignatureInputs(signature, &count) != kLiteRtStatusOk) {
+    *error = "the model has no signature to run";
+    return false;
+  }
+  std::vector<std::string> names(count);
+  for (LiteRtParamIndex i = 0; i < count; ++i) {
+    const char* name = nullptr;
+    if (LiteRtGetSignatureInputName(signature, i, &name) == kLiteRtStatusOk && name) names[i] = name;
+  }
+  for (const InputShape& wanted : options.input_shapes) {
+    bool found = false;
+    for (const std::string& name : names) found = found || name == wanted.name;
+    if (!found) {
+      std::string list;
+      for (const std::string& name : names) list += (list.empty() ? "" : ", ") + PrintableModelText(name);
+      *error = "--input_layer names '" + PrintableModelText(wanted.name) +
+               "', which is not an input of the model (inputs: " + list + ")";
+      return false;
+    }
+  }
+  // Intermediate tensors grow with the inputs: the largest growth bounds them.
+  double growth = 1.0;
+  bool resized = false;
+  for (LiteRtParamIndex i = 0; i < count; ++i) {
+    LiteRtTensor tensor = nullptr;
+    kernels::Tensor declared;
+    if (LiteRtGetSignatureInputTensorByIndex(signature, i, &tensor) != kLiteRtStatusOk ||
+        !tensor || !ReadTensor(tensor, &declared)) {
+      *error = "cannot read the shape of input " + std::to_string(i);
+      return false;
+    }
+    const std::string named = "input " + std::to_string(i) + " ('" + PrintableModelText(names[i]) + "')";
+    std::vector<int32_t> dims = declared.dims;
+    bool dynamic = false;
+    for (int32_t& dim : dims) {
+      if (dim < 0) dynamic = true, dim = 1;
+    }
+    for (const InputShape& wanted : options.input_shapes) {
+      if (wanted.name != names[i]) continue;
+      if (wanted.dims.size() != declared.dims.size()) {
+        *error = named + " has rank " + std::to_string(declared.dims.size()) + " " +
+                 DimsText(declared.dims) + "; --input_layer_shape gives " + DimsText(wanted.dims);
+        return false;
+      }
+      for (std::size_t d = 0; d < dims.size(); ++d) {
+        if (declared.dims[d] >= 0 && wanted.dims[d] != declared.dims[d]) {
+          *error = named + " has shape " + DimsText(declared.dims) + ": dimension " +
+                   std::to_string(d) + " is fixed at " + std::to_string(declared.dims[d]) +
+                   "; only dynamic (-1) dimensions can be resized";
+          return false;
+        }
+      }
+      dims = wanted.dims;
+    }
+    if (!dynamic) continue;
+    double elements = 1.0;
+    for (int32_t dim : dims) elements *= dim;
+    double declared_elements = 1.0;
+    for (int32_t dim : declared.dims) declared_elements *= dim < 0 ? 1 : dim;
+    growth = std::max(growth, elements / declared_elements);
+    const std::vector<int> resize(dims.begin(), dims.end());
+    const LiteRtStatus status =
+        LiteRtCompiledModelResizeInputTensor(compiled_, 0, i, resize.data(), resize.size());
+    const std::string kernel_errors = TakeKernelErrors();
+    if (status != kLiteRtStatusOk || !kernel_errors.empty()) {
+      *error = "cannot resize " + named + " from " + DimsText(declared.dims) + " to " +
+               DimsText(dims) + " (" + (kernel_errors.empty() ? StatusText(status) : kernel_errors) +
+               "); the model cannot take that shape";
+      return false;
+    }
+    resized = true;
+  }
+  if (resized && static_cast<double>(activation_bytes_) * growth >
+                     static_cast<double>(options.max_tensor_bytes)) {
+    *error = "with these input shapes the model's tensors need about " +
+             MiB(static_cast<std::size_t>(static_cast<double>(activation_bytes_) * growth)) +
+             ", more than the limit of " + MiB(options.max_tensor_bytes) +
+             " (--max_tensor_bytes); choose smaller shapes or raise the limit";
+    return false;
+  }
+  resized_ = resized;
+  return true;
 }
 
 bool Runtime::SetUpTensors(bool is_input, std::string* error) {
   const char* kind = is_input ? "input" : "output";
-  LiteRtParamIndex num_signatures = 0;
   LiteRtSignature signature = nullptr;
-  if (LiteRtGetNumModelSignatures(model_, &num_signatures) != kLiteRtStatusOk ||
-      num_signatures == 0 ||
-      LiteRtGetModelSignature(model_, 0, &signature) != kLiteRtStatusOk) {
+  if (LiteRtGetModelSignature(model_, 0, &signature) != kLiteRtStatusOk) {
     *error = "the model has no signature to run";
     return false;
   }
@@ -382,6 +550,14 @@ bool Runtime::SetUpTensors(bool is_input, std::string* error) {
                                        : LiteRtGetNumSignatureOutputs(signature, &count);
   if (status != kLiteRtStatusOk || count == 0) {
     *error = std::string("the model's signature has no ") + kind + "s";
+    return false;
+  }
+  // After a resize the compiled model knows the shapes; the model does not.
+  std::vector<LiteRtLayout> output_layouts(is_input ? 0 : count);
+  if (resized_ && !is_input &&
+      LiteRtGetCompiledModelOutputTensorLayouts(compiled_, 0, count, output_layouts.data(),
+                                                true) != kLiteRtStatusOk) {
+    *error = "cannot read the output shapes after resizing the inputs";
     return false;
   }
   std::vector<TensorInfo>& infos = is_input ? inputs_ : outputs_;
@@ -405,6 +581,22 @@ bool Runtime::SetUpTensors(bool is_input, std::string* error) {
       *error = "cannot read the shape of " + which + " (unranked tensors are not supported)";
       return false;
     }
+    if (resized_) {
+      LiteRtLayout layout;
+      if (is_input) {
+        if (LiteRtGetCompiledModelInputTensorLayout(compiled_, 0, i, &layout) != kLiteRtStatusOk) {
+          *error = "cannot read the shape of " + which + " after resizing";
+          return false;
+        }
+      } else {
+        layout = output_layouts[i];
+      }
+      if (layout.rank > LITERT_TENSOR_MAX_RANK) {
+        *error = which + " has rank " + std::to_string(layout.rank) + " after resizing";
+        return false;
+      }
+      type.layout = layout;
+    }
     TensorInfo info;
     info.name = name ? name : "";
     info.element_type = type.element_type;
@@ -417,9 +609,12 @@ bool Runtime::SetUpTensors(bool is_input, std::string* error) {
     }
     std::size_t bytes = element_size;
     for (unsigned d = 0; d < type.layout.rank; ++d) {
-      const int32_t dim = type.layout.dimensions[d];
+      int32_t& dim = type.layout.dimensions[d];
+      if (dim < 0 && is_input) dim = 1;  // a dynamic input the model was not resized for
       if (dim < 0) {
-        *error = named + " has a dynamic dimension; convert with a fixed shape";
+        *error = named + " has a dynamic dimension " + std::to_string(d) +
+                 " that LiteRT did not resolve; give the inputs' shapes with "
+                 "--input_layer and --input_layer_shape";
         return false;
       }
       if (dim > 0 && bytes > kMaxModelBytes / static_cast<std::size_t>(dim)) {
@@ -463,15 +658,8 @@ bool Runtime::Run(std::string* error) {
   const LiteRtStatus status =
       LiteRtRunCompiledModel(compiled_, 0, input_buffers_.size(), input_buffers_.data(),
                              output_buffers_.size(), output_buffers_.data());
-  // Kernels report through their own channel: LiteRT drops their statuses.
-  std::string kernel_errors;
-  for (CustomOpKernel* kernel : used_kernels_) {
-    const std::string problem = kernel->TakeRunError();
-    if (!problem.empty()) {
-      kernel_errors += kernel_errors.empty() ? "" : "; ";
-      kernel_errors += std::string("custom op '") + kernel->name() + "': " + problem;
-    }
-  }
+  // Kernels report through their hosts: LiteRT drops their statuses.
+  const std::string kernel_errors = TakeKernelErrors();
   if (!kernel_errors.empty()) {
     *error = "inference failed: " + kernel_errors;
     return false;

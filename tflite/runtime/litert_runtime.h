@@ -1,13 +1,14 @@
-// edgepipe's runtime over the LiteRT C API: loads a .tflite model, refuses
-// operators LiteRT would crash on (tflite_flatbuffer_scan.h), checks every
-// custom op against the kernels edgepipe registers BEFORE compiling (LiteRT
-// itself compiles such a model and only fails at run, and ignores the status
-// codes kernels return), compiles for the CPU with a thread count, runs on
-// 64-byte aligned host buffers owned here and times each phase. Errors are
-// returned as messages; nothing here aborts.
+// edgepipe's runtime over the LiteRT C API: loads a .tflite model, verifies
+// its flatbuffer and refuses what LiteRT would crash on (model_checks.h),
+// creates one kernel object per custom op name for this model from the
+// registry and validates every custom op BEFORE compiling (LiteRT itself
+// compiles such a model and only fails at run, and ignores the status codes
+// kernels return), compiles for the CPU with a thread count, resizes dynamic
+// inputs, runs on 64-byte aligned host buffers owned here and times each
+// phase. Errors are returned as messages; nothing here aborts.
 
-#ifndef EDGEPIPE_ANDROID_BENCH_LITERT_RUNTIME_H_
-#define EDGEPIPE_ANDROID_BENCH_LITERT_RUNTIME_H_
+#ifndef EDGEPIPE_TFLITE_RUNTIME_LITERT_RUNTIME_H_
+#define EDGEPIPE_TFLITE_RUNTIME_LITERT_RUNTIME_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -15,65 +16,37 @@
 #include <string>
 #include <vector>
 
-#include "android_bench/litert_c_api.h"
+#include "tflite/ops/kernel_interface.h"
+#include "tflite/ops/registry.h"
+#include "tflite/runtime/kernel_host.h"
+#include "tflite/runtime/litert_c_api.h"
 
 namespace edgepipe {
 namespace runtime {
 
-// One input of a custom op as the pre-flight check sees it. `data` is null for
-// a tensor computed at run time; for a constant it points into the model and
-// is 64-byte aligned (the runtime refuses the model otherwise, because LiteRT
-// does not hand unaligned constants to a kernel).
-struct OpInput {
-  std::string name;
-  bool ranked = false;
-  LiteRtElementType element_type = kLiteRtElementTypeNone;
-  std::vector<int32_t> dims;
-  const void* data = nullptr;
-  std::size_t size = 0;
-};
-
-// One occurrence of a custom op in the model.
-struct CustomOpSite {
-  std::string name;
-  std::size_t subgraph = 0;
-  std::size_t op = 0;
-  const uint8_t* options = nullptr;  // the op's custom options (a flexbuffer)
-  std::size_t options_size = 0;
-  std::vector<OpInput> inputs;
-  std::size_t num_outputs = 0;
-};
-
-// A custom op kernel edgepipe provides. One object serves every op of its
-// name in a model; its callbacks receive user_data().
-class CustomOpKernel {
- public:
-  virtual ~CustomOpKernel() = default;
-  virtual const char* name() const = 0;
-  virtual int version() const { return 1; }
-  // Checks an op's custom options and inputs (shapes, types, constants)
-  // before the model is compiled. Returns an empty string when the kernel can
-  // run it, otherwise what is wrong.
-  virtual std::string Validate(const CustomOpSite& site) const = 0;
-  virtual const LiteRtCustomOpKernel& callbacks() const = 0;
-  virtual void* user_data() = 0;
-  // LiteRT ignores the status a kernel's Run returns, so a kernel records its
-  // failure and the runtime collects it here after every run (empty: none).
-  virtual std::string TakeRunError() = 0;
-  // The thread count of the model being compiled, for kernels that split
-  // their work; a kernel shared by several models follows the latest.
-  virtual void SetNumThreads(int /*threads*/) {}
-};
-
-// The kernels edgepipe ships: SparseGRU (tflite/ops/).
-std::vector<CustomOpKernel*> ProjectKernels();
-
 enum class Accelerator { kCpu, kGpu };
+
+// The shape chosen for one input with dynamic dimensions.
+struct InputShape {
+  std::string name;
+  std::vector<int32_t> dims;
+};
+
+// Reads benchmark_model's --input_layer ("a,b") and --input_layer_shape
+// ("1,224,224,3:1,20"): as many shapes as names. "" when both are empty.
+std::string ParseInputShapes(const std::string& names, const std::string& shapes,
+                             std::vector<InputShape>* out);
+
+// Activation memory a model may ask for unless told otherwise: far more than
+// any model edgepipe targets, far less than the build machines' RAM.
+constexpr std::size_t kDefaultMaxTensorBytes = std::size_t{2} << 30;
 
 struct RuntimeOptions {
   int num_threads = 1;
   Accelerator accelerator = Accelerator::kCpu;
-  std::vector<CustomOpKernel*> kernels = ProjectKernels();
+  const std::vector<kernels::KernelRegistration>* kernels = &kernels::ProjectKernels();
+  std::vector<InputShape> input_shapes;  // dynamic dimensions not named become 1
+  std::size_t max_tensor_bytes = kDefaultMaxTensorBytes;
 };
 
 struct TensorInfo {
@@ -84,12 +57,12 @@ struct TensorInfo {
 };
 
 struct PhaseTimes {
-  double load_us = 0;     // reading the file and parsing the model
-  double check_us = 0;    // custom-op pre-flight
-  double compile_us = 0;  // LiteRtCreateCompiledModel and buffer set-up
+  double load_us = 0;     // reading the file, the model checks and parsing
+  double check_us = 0;    // validating the custom ops
+  double compile_us = 0;  // LiteRtCreateCompiledModel, resizing and buffer set-up
 };
 
-// Bytes of one element, or 0 for a type the runtime does not handle.
+// Bytes of one element (0 for a type the runtime does not handle), and its name.
 std::size_t ElementSize(LiteRtElementType type);
 const char* ElementTypeName(LiteRtElementType type);
 
@@ -123,18 +96,23 @@ class Runtime {
   };
   Runtime() = default;
   bool Load(const std::string& path, const void* data, std::size_t size,
-            std::string* error);
+            const RuntimeOptions& options, std::string* error);
   bool CheckCustomOps(const RuntimeOptions& options, std::string* error);
   bool Compile(const RuntimeOptions& options, std::string* error);
+  bool ResizeInputs(const RuntimeOptions& options, std::string* error);
   bool SetUpTensors(bool is_input, std::string* error);
+  std::string TakeKernelErrors();
 
   AlignedBuffer model_memory_;
   std::size_t model_size_ = 0;
+  std::size_t activation_bytes_ = 0;
+  bool resized_ = false;  // some input was resized after compiling
   LiteRtEnvironment environment_ = nullptr;
   LiteRtModel model_ = nullptr;
   LiteRtOptions options_ = nullptr;
   LiteRtCompiledModel compiled_ = nullptr;
-  std::vector<CustomOpKernel*> used_kernels_;
+  // This model's kernels; they outlive compiled_, whose ops call them.
+  std::vector<std::unique_ptr<KernelHost>> kernels_;
   std::vector<TensorInfo> inputs_, outputs_;
   std::vector<AlignedBuffer> input_memory_, output_memory_;
   std::vector<LiteRtTensorBuffer> input_buffers_, output_buffers_;
@@ -144,4 +122,4 @@ class Runtime {
 }  // namespace runtime
 }  // namespace edgepipe
 
-#endif  // EDGEPIPE_ANDROID_BENCH_LITERT_RUNTIME_H_
+#endif  // EDGEPIPE_TFLITE_RUNTIME_LITERT_RUNTIME_H_
