@@ -195,6 +195,15 @@ LiteRtStatus LiteRtAddCustomOpKernelOption(
     LiteRtOptions options, const char* custom_op_name, int custom_op_version,
     const LiteRtCustomOpKernel* custom_op_kernel, void* user_data);
 
+// Runtime options (2.3.0): opaque options identified "runtime_options_string"
+// hold TOML text; "error_reporter_mode = 2" makes LiteRT keep TFLite's error
+// messages in a buffer of the compiled model instead of printing them, read
+// with LiteRtCompiledModelGetErrorMessages (the text is freed with free()),
+// and "= 1" prints them to stderr (what LiteRT does without the option).
+LiteRtStatus LiteRtCompiledModelGetErrorMessages(LiteRtCompiledModel compiled_model,
+                                                 char** error_messages);
+LiteRtStatus LiteRtCompiledModelClearErrors(LiteRtCompiledModel compiled_model);
+
 // Compiled models.
 LiteRtStatus LiteRtCreateCompiledModel(LiteRtEnvironment environment,
                                        LiteRtModel model, LiteRtOptions options,

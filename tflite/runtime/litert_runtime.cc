@@ -8,6 +8,8 @@
 #include <cstring>
 #include <utility>
 
+#include <unistd.h>
+
 #include "tflite/runtime/model_checks.h"
 
 namespace edgepipe {
@@ -385,53 +387,136 @@ std::string Runtime::TakeKernelErrors() {
   return errors;
 }
 
-bool Runtime::Compile(const RuntimeOptions& options, std::string* error) {
-  LiteRtStatus status = LiteRtCreateOptions(&options_);
-  if (status != kLiteRtStatusOk) {
-    *error = "cannot create LiteRT options (" + StatusText(status) + ")";
-    return false;
-  }
-  const LiteRtHwAcceleratorSet accelerators =
-      options.accelerator == Accelerator::kGpu ? kLiteRtHwAcceleratorGpu
-                                               : kLiteRtHwAcceleratorCpu;
-  status = LiteRtSetOptionsHardwareAccelerators(options_, accelerators);
-  if (status != kLiteRtStatusOk) {
-    *error = "cannot select the accelerator (" + StatusText(status) + ")";
-    return false;
-  }
-  // XNNPACK reads its thread count from TOML text in opaque options named
-  // "xnnpack"; LiteRT frees the text with the destructor given here.
-  const std::string text = "num_threads = " + std::to_string(options.num_threads);
+namespace {
+
+// Opaque options whose payload is TOML text, which LiteRT frees.
+bool AddTomlOptions(LiteRtOptions options, const char* identifier, const std::string& text,
+                    std::string* error) {
   char* payload = static_cast<char*>(std::malloc(text.size() + 1));
   if (!payload) {
     *error = "out of memory";
     return false;
   }
   std::memcpy(payload, text.c_str(), text.size() + 1);
-  LiteRtOpaqueOptions cpu_options = nullptr;
-  status = LiteRtCreateOpaqueOptions("xnnpack", payload, std::free, &cpu_options);
+  LiteRtOpaqueOptions opaque = nullptr;
+  LiteRtStatus status = LiteRtCreateOpaqueOptions(identifier, payload, std::free, &opaque);
   if (status != kLiteRtStatusOk) {
     std::free(payload);
-    *error = "cannot create the CPU options (" + StatusText(status) + ")";
+    *error = std::string("cannot create the ") + identifier + " options (" + StatusText(status) + ")";
     return false;
   }
-  status = LiteRtAddOpaqueOptions(options_, cpu_options);
+  status = LiteRtAddOpaqueOptions(options, opaque);
   if (status != kLiteRtStatusOk) {
-    LiteRtDestroyOpaqueOptions(cpu_options);
-    *error = "cannot set the thread count (" + StatusText(status) + ")";
+    LiteRtDestroyOpaqueOptions(opaque);
+    *error = std::string("cannot add the ") + identifier + " options (" + StatusText(status) + ")";
     return false;
   }
-  for (const auto& host : kernels_) {
+  return true;
+}
+
+// TFLite's messages as one line: "ERROR: [file:line] " prefixes and blank
+// lines dropped, at most a few hundred characters.
+std::string TfliteMessages(const std::string& text) {
+  std::string joined;
+  std::size_t start = 0;
+  while (start < text.size() && joined.size() < 600) {
+    std::size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    std::string line = text.substr(start, end - start);
+    start = end + 1;
+    if (line.rfind("INFO:", 0) == 0 || line.rfind("WARNING:", 0) == 0) continue;
+    if (line.rfind("ERROR: ", 0) == 0) line = line.substr(7);
+    if (!line.empty() && line[0] == '[') {
+      const std::size_t close = line.find("] ");
+      if (close != std::string::npos) line = line.substr(close + 2);
+    }
+    while (!line.empty() && (line.back() == '.' || line.back() == ' ')) line.pop_back();
+    if (line.empty()) continue;
+    joined += (joined.empty() ? "" : "; ") + line;
+  }
+  return PrintableModelText(joined);
+}
+
+// What a failing LiteRT call wrote to stderr, for the one retry that is made
+// only to learn why a compile failed (the buffer reporter keeps nothing then).
+class StderrCapture {
+ public:
+  StderrCapture() {
+    std::fflush(stderr);
+    file_ = std::tmpfile();
+    saved_ = file_ ? dup(2) : -1;
+    if (saved_ >= 0) dup2(fileno(file_), 2);
+  }
+  ~StderrCapture() { Restore(); if (file_) std::fclose(file_); }
+  std::string Take() {
+    Restore();
+    std::string text;
+    if (!file_) return text;
+    std::rewind(file_);
+    char chunk[4096];
+    std::size_t got;
+    while (text.size() < (1 << 16) && (got = std::fread(chunk, 1, sizeof(chunk), file_)) > 0) {
+      text.append(chunk, got);
+    }
+    return text;
+  }
+
+ private:
+  void Restore() {
+    if (saved_ < 0) return;
+    std::fflush(stderr);
+    dup2(saved_, 2);
+    close(saved_);
+    saved_ = -1;
+  }
+  std::FILE* file_ = nullptr;
+  int saved_ = -1;
+};
+
+}  // namespace
+
+LiteRtOptions Runtime::MakeOptions(const RuntimeOptions& options, int reporter_mode,
+                                   std::string* error) {
+  LiteRtOptions made = nullptr;
+  LiteRtStatus status = LiteRtCreateOptions(&made);
+  if (status != kLiteRtStatusOk) {
+    *error = "cannot create LiteRT options (" + StatusText(status) + ")";
+    return nullptr;
+  }
+  const LiteRtHwAcceleratorSet accelerators =
+      options.accelerator == Accelerator::kGpu ? kLiteRtHwAcceleratorGpu
+                                               : kLiteRtHwAcceleratorCpu;
+  status = LiteRtSetOptionsHardwareAccelerators(made, accelerators);
+  // XNNPACK reads its thread count from the options named "xnnpack".
+  bool ok = status == kLiteRtStatusOk &&
+            AddTomlOptions(made, "xnnpack", "num_threads = " + std::to_string(options.num_threads),
+                           error) &&
+            AddTomlOptions(made, "runtime_options_string",
+                           "error_reporter_mode = " + std::to_string(reporter_mode), error);
+  if (status != kLiteRtStatusOk) *error = "cannot select the accelerator (" + StatusText(status) + ")";
+  for (std::size_t i = 0; ok && i < kernels_.size(); ++i) {
     // The host is this model's kernel: LiteRT hands it back to every callback.
-    status = LiteRtAddCustomOpKernelOption(options_, host->name(), host->version(),
-                                           &host->callbacks(), host.get());
+    const KernelHost& host = *kernels_[i];
+    status = LiteRtAddCustomOpKernelOption(made, host.name(), host.version(), &host.callbacks(),
+                                           kernels_[i].get());
     if (status != kLiteRtStatusOk) {
-      *error = std::string("cannot register the kernel of custom op '") + host->name() +
-               "' (" + StatusText(status) + ")";
-      return false;
+      *error = std::string("cannot register the kernel of custom op '") + host.name() + "' (" +
+               StatusText(status) + ")";
+      ok = false;
     }
   }
-  status = LiteRtCreateCompiledModel(environment_, model_, options_, &compiled_);
+  if (!ok) {
+    LiteRtDestroyOptions(made);
+    return nullptr;
+  }
+  return made;
+}
+
+bool Runtime::Compile(const RuntimeOptions& options, std::string* error) {
+  constexpr int kReportToBuffer = 2, kReportToStderr = 1;
+  options_ = MakeOptions(options, kReportToBuffer, error);
+  if (!options_) return false;
+  LiteRtStatus status = LiteRtCreateCompiledModel(environment_, model_, options_, &compiled_);
   // Init and output-shape errors of our kernels: LiteRT drops their statuses.
   const std::string kernel_errors = TakeKernelErrors();
   if (!kernel_errors.empty()) {
@@ -439,11 +524,26 @@ bool Runtime::Compile(const RuntimeOptions& options, std::string* error) {
     return false;
   }
   if (status != kLiteRtStatusOk || !compiled_) {
-    *error = options.accelerator == Accelerator::kGpu
-                 ? "the GPU accelerator is not available here (" + StatusText(status) +
-                       "); use --accelerator=cpu"
-                 : "LiteRT cannot compile the model (" + StatusText(status) +
-                       "); an op's tensors do not fit what its kernel expects";
+    if (options.accelerator == Accelerator::kGpu) {
+      *error = "the GPU accelerator is not available here (" + StatusText(status) +
+               "); use --accelerator=cpu";
+      return false;
+    }
+    // Compiling again with the messages on stderr is the only way to learn why.
+    std::string why;
+    LiteRtOptions retry = MakeOptions(options, kReportToStderr, &why);
+    if (retry) {
+      LiteRtCompiledModel again = nullptr;
+      StderrCapture capture;
+      LiteRtCreateCompiledModel(environment_, model_, retry, &again);
+      why = TfliteMessages(capture.Take());
+      TakeKernelErrors();
+      if (again) LiteRtDestroyCompiledModel(again);
+      LiteRtDestroyOptions(retry);
+    }
+    *error = "LiteRT cannot compile the model (" + StatusText(status) + ")" +
+             (why.empty() ? std::string("; the model is damaged or an op does not fit its tensors")
+                          : ": " + why);
     return false;
   }
   return ResizeInputs(options, error) && SetUpTensors(true, error) &&
@@ -665,7 +765,16 @@ bool Runtime::Run(std::string* error) {
     return false;
   }
   if (status != kLiteRtStatusOk) {
-    *error = "inference failed (" + StatusText(status) + ")";
+    char* messages = nullptr;
+    std::string why;
+    if (LiteRtCompiledModelGetErrorMessages(compiled_, &messages) == kLiteRtStatusOk && messages) {
+      why = TfliteMessages(messages);
+    }
+    std::free(messages);
+    LiteRtCompiledModelClearErrors(compiled_);
+    *error = "inference failed (" + StatusText(status) + ")" +
+             (why.empty() ? std::string("; the model is damaged or an op cannot run on its inputs")
+                          : ": " + why);
     return false;
   }
   return true;

@@ -98,6 +98,9 @@ class Runtime {
   bool Load(const std::string& path, const void* data, std::size_t size,
             const RuntimeOptions& options, std::string* error);
   bool CheckCustomOps(const RuntimeOptions& options, std::string* error);
+  // LiteRT options for this model: accelerator, threads, where TFLite's
+  // messages go (reporter_mode, see litert_c_api.h) and our kernels.
+  LiteRtOptions MakeOptions(const RuntimeOptions& options, int reporter_mode, std::string* error);
   bool Compile(const RuntimeOptions& options, std::string* error);
   bool ResizeInputs(const RuntimeOptions& options, std::string* error);
   bool SetUpTensors(bool is_input, std::string* error);
