@@ -1,7 +1,7 @@
 // The SparseGRU op's custom options (a flexbuffer map; contract:
-// tflite/ops/SPARSE_GRU.md), read by a small bounds-checked flexbuffer reader
-// of our own: the flatbuffers C++ library is not available to the offline
-// build, and the op needs only a flat map of ints, bools and strings.
+// tflite/ops/SPARSE_GRU.md), verified and read with the flatbuffers library's
+// flexbuffers (flexbuffers::VerifyBuffer, then its accessors); what is ours is
+// the op's rules for the keys and values.
 
 #ifndef EDGEPIPE_TFLITE_OPS_SPARSE_GRU_OPTIONS_H_
 #define EDGEPIPE_TFLITE_OPS_SPARSE_GRU_OPTIONS_H_
