@@ -1,23 +1,32 @@
 // SparseGRU kernel without LiteRT in the loop: the options parser on real and
-// hand-damaged flexbuffers, every validation check on in-memory inputs, and
+// hand-damaged flexbuffers, every validation check on in-memory inputs, the
+// kernel object's Validate / Prepare / Run as the runtime drives them, and
 // the computation against hand-computed values and against its own dense
 // float32 path (CSR = dense, int8 = dequantized float), and each
 // instruction-set variant against a scalar reference. Models through LiteRT
-// are tested from Python (tests/test_sparse_gru_kernel.py).
+// are tested in tflite/runtime/litert_runtime_test.cc and from Python
+// (tests/test_sparse_gru_kernel.py).
 
 #include "tflite/ops/sparse_gru_kernel.h"
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace {
 
+using edgepipe::kernels::ElementType;
+using edgepipe::kernels::KernelConfig;
+using edgepipe::kernels::OpSite;
+using edgepipe::kernels::OutputBuffer;
 using edgepipe::ops::CheckSparseGru;
 using edgepipe::ops::ComputeSparseGru;
 using edgepipe::ops::GruFormat;
@@ -26,23 +35,11 @@ using edgepipe::ops::GruProblem;
 using edgepipe::ops::GruScratch;
 using edgepipe::ops::GruTensor;
 using edgepipe::ops::ParseSparseGruOptions;
+using edgepipe::ops::SparseGruKernel;
 using edgepipe::ops::SparseGruOptions;
 
-int failures = 0;
-
-#define CHECK(cond, ...)                                      \
-  do {                                                        \
-    if (!(cond)) {                                            \
-      std::fprintf(stderr, "line %d: %s: ", __LINE__, #cond); \
-      std::fprintf(stderr, __VA_ARGS__);                      \
-      std::fprintf(stderr, "\n");                             \
-      ++failures;                                             \
-    }                                                         \
-  } while (0)
-
-bool Contains(const std::string& text, const std::string& needle) {
-  return text.find(needle) != std::string::npos;
-}
+// EXPECT_PRED_FORMAT2 prints both strings when the needle is missing.
+#define EXPECT_HAS(text, needle) EXPECT_PRED_FORMAT2(::testing::IsSubstring, (needle), (text))
 
 // flexbuffers.Dumps({"version": 1, "units": 2, "input_size": 3, "reset_after":
 // False, "return_sequences": True, "precision": "int8", "format": "dense"})
@@ -134,50 +131,58 @@ std::string ParseWith(const std::string& key, int type, int64_t number, const st
   return ParseError(Flex(entries));
 }
 
-void TestOptions() {
+TEST(SparseGruOptionsTest, ReadsWhatPythonWrites) {
   SparseGruOptions options;
-  CHECK(ParseSparseGruOptions(kPythonDense.data(), kPythonDense.size(), &options).empty(), "python");
-  CHECK(options.units == 2 && options.input_size == 3 && !options.reset_after &&
-            options.return_sequences && options.precision == GruPrecision::kInt8 &&
-            options.format == GruFormat::kDense,
-        "python dense options read wrong");
-  CHECK(ParseSparseGruOptions(kPythonCsrWide.data(), kPythonCsrWide.size(), &options).empty(),
-        "python wide");
-  CHECK(options.units == 300 && options.input_size == 1000 && options.reset_after &&
-            !options.return_sequences && options.precision == GruPrecision::kFloat32 &&
-            options.format == GruFormat::kCsr,
-        "python wide options read wrong");
-  const std::vector<uint8_t> good = Flex(GoodEntries());
-  CHECK(ParseError(good).empty(), "%s", ParseError(good).c_str());
+  ASSERT_EQ(ParseSparseGruOptions(kPythonDense.data(), kPythonDense.size(), &options), "");
+  EXPECT_TRUE(options.units == 2 && options.input_size == 3 && !options.reset_after &&
+              options.return_sequences && options.precision == GruPrecision::kInt8 &&
+              options.format == GruFormat::kDense)
+      << "python dense options read wrong";
+  ASSERT_EQ(ParseSparseGruOptions(kPythonCsrWide.data(), kPythonCsrWide.size(), &options), "");
+  EXPECT_TRUE(options.units == 300 && options.input_size == 1000 && options.reset_after &&
+              !options.return_sequences && options.precision == GruPrecision::kFloat32 &&
+              options.format == GruFormat::kCsr)
+      << "python wide options read wrong";
+  EXPECT_EQ(ParseError(Flex(GoodEntries())), "");
+}
 
-  CHECK(Contains(ParseError({}), "missing"), "empty");
+TEST(SparseGruOptionsTest, RefusesMissingExtraAndRepeatedKeys) {
+  EXPECT_HAS(ParseError({}), "missing");
   std::vector<FlexEntry> entries = GoodEntries();
   entries.pop_back();
-  CHECK(Contains(ParseError(Flex(entries)), "'format' is missing"), "%s", ParseError(Flex(entries)).c_str());
+  EXPECT_HAS(ParseError(Flex(entries)), "'format' is missing");
   entries = GoodEntries();
   entries.push_back({"activation", 5, 0, "tanh"});
-  CHECK(Contains(ParseError(Flex(entries)), "unknown custom option 'activation'"), "extra");
+  EXPECT_HAS(ParseError(Flex(entries)), "unknown custom option 'activation'");
   entries = GoodEntries();
   entries.push_back({"units", 1, 2, ""});
-  CHECK(Contains(ParseError(Flex(entries)), "repeat the key 'units'"), "repeated");
+  EXPECT_HAS(ParseError(Flex(entries)), "repeat the key 'units'");
+}
 
-  CHECK(Contains(ParseWith("version", 1, 2, ""), "format version 1 only"), "version");
-  CHECK(Contains(ParseWith("version", 5, 0, "1"), "'version' must be an int, got string"), "type");
-  CHECK(Contains(ParseWith("units", 1, 0, ""), "'units' is 0"), "units 0");
-  CHECK(Contains(ParseWith("units", 1, -3, ""), "'units' is -3"), "negative units");
-  CHECK(Contains(ParseWith("input_size", 26, 1, ""), "'input_size' must be an int, got bool"), "bool");
-  CHECK(Contains(ParseWith("units", 3, 0, ""), "must be an int, got float"), "float");
-  CHECK(Contains(ParseWith("reset_after", 1, 1, ""), "'reset_after' must be a bool, got int"), "int");
-  CHECK(Contains(ParseWith("return_sequences", 26, 2, ""), "not a valid bool"), "bool 2");
-  CHECK(Contains(ParseWith("precision", 5, 0, "float16"), "'precision' is 'float16'"), "precision");
-  CHECK(Contains(ParseWith("format", 5, 0, "bsr"), "'format' is 'bsr'"), "format");
-  CHECK(Contains(ParseWith("format", 1, 0, ""), "'format' must be a string"), "format type");
+TEST(SparseGruOptionsTest, RefusesWrongTypesAndValues) {
+  EXPECT_HAS(ParseWith("version", 1, 2, ""), "format version 1 only");
+  EXPECT_HAS(ParseWith("version", 5, 0, "1"), "'version' must be an int, got string");
+  EXPECT_HAS(ParseWith("units", 1, 0, ""), "'units' is 0");
+  EXPECT_HAS(ParseWith("units", 1, -3, ""), "'units' is -3");
+  EXPECT_HAS(ParseWith("input_size", 26, 1, ""), "'input_size' must be an int, got bool");
+  EXPECT_HAS(ParseWith("units", 3, 0, ""), "must be an int, got float");
+  EXPECT_HAS(ParseWith("reset_after", 1, 1, ""), "'reset_after' must be a bool, got int");
+  EXPECT_HAS(ParseWith("return_sequences", 26, 2, ""), "not a valid bool");
+  EXPECT_HAS(ParseWith("precision", 5, 0, "float16"), "'precision' is 'float16'");
+  EXPECT_HAS(ParseWith("format", 5, 0, "bsr"), "'format' is 'bsr'");
+  EXPECT_HAS(ParseWith("format", 1, 0, ""), "'format' must be a string");
+  std::vector<uint8_t> not_map = Flex(GoodEntries());
+  not_map[not_map.size() - 2] = 1 << 2;  // an int root
+  EXPECT_HAS(ParseError(not_map), "must be a flexbuffer map");
+}
 
-  // Every truncation and every single-byte change: an answer, never a crash
-  // (the fuzz target goes further under AddressSanitizer).
+// Every truncation and every single-byte change: an answer, never a crash
+// (the fuzz target goes further under AddressSanitizer).
+TEST(SparseGruOptionsTest, DamagedBytesGiveAnAnswer) {
+  const std::vector<uint8_t> good = Flex(GoodEntries());
   for (size_t cut = 0; cut < good.size(); ++cut) {
     std::vector<uint8_t> part(good.begin(), good.begin() + static_cast<long>(cut));
-    CHECK(!ParseError(part).empty(), "truncated at %zu accepted", cut);
+    EXPECT_NE(ParseError(part), "") << "truncated at " << cut << " accepted";
   }
   for (size_t i = 0; i < good.size(); ++i) {
     for (int v : {0x00, 0x07, 0x7f, 0xff}) {
@@ -186,9 +191,6 @@ void TestOptions() {
       ParseError(bent);
     }
   }
-  std::vector<uint8_t> not_map = good;
-  not_map[not_map.size() - 2] = 1 << 2;  // an int root
-  CHECK(Contains(ParseError(not_map), "must be a flexbuffer map"), "%s", ParseError(not_map).c_str());
 }
 
 // A GRU's stored arrays, owning their memory.
@@ -205,7 +207,7 @@ struct Model {
 };
 
 template <typename T>
-GruTensor Tensor(LiteRtElementType type, std::vector<int32_t> dims, const std::vector<T>& data) {
+GruTensor MakeTensor(ElementType type, std::vector<int32_t> dims, const std::vector<T>& data) {
   GruTensor t;
   t.type = type;
   t.dims = std::move(dims);
@@ -214,31 +216,32 @@ GruTensor Tensor(LiteRtElementType type, std::vector<int32_t> dims, const std::v
   return t;
 }
 
-// The op's inputs as LiteRT shows them: the present ones, in contract order.
+// The op's inputs as the runtime hands them over: the present ones, in
+// contract order.
 std::vector<GruTensor> Inputs(const Model& m) {
   const auto& o = m.options;
   const int u = static_cast<int>(o.units), f = static_cast<int>(o.input_size);
   const bool csr = o.format == GruFormat::kCsr, int8 = o.precision == GruPrecision::kInt8;
   std::vector<GruTensor> in;
-  in.push_back(Tensor(kLiteRtElementTypeFloat32, {m.batch, m.steps, f}, m.x));
+  in.push_back(MakeTensor(ElementType::kFloat32, {m.batch, m.steps, f}, m.x));
   auto matrix = [&](int cols, const std::vector<float>& vf, const std::vector<int8_t>& vi,
                     const std::vector<uint16_t>& c, const std::vector<int32_t>& p,
                     const std::vector<float>& s) {
     const int nnz = static_cast<int>(int8 ? vi.size() : vf.size());
     const std::vector<int32_t> dims = csr ? std::vector<int32_t>{nnz} : std::vector<int32_t>{3 * u, cols};
-    in.push_back(int8 ? Tensor(kLiteRtElementTypeInt8, dims, vi)
-                      : Tensor(kLiteRtElementTypeFloat32, dims, vf));
+    in.push_back(int8 ? MakeTensor(ElementType::kInt8, dims, vi)
+                      : MakeTensor(ElementType::kFloat32, dims, vf));
     if (csr) {
-      in.push_back(Tensor(edgepipe::ops::kGruElementTypeUInt16, {nnz}, c));
-      in.push_back(Tensor(kLiteRtElementTypeInt32, {3 * u + 1}, p));
+      in.push_back(MakeTensor(ElementType::kUInt16, {nnz}, c));
+      in.push_back(MakeTensor(ElementType::kInt32, {3 * u + 1}, p));
     }
-    if (int8) in.push_back(Tensor(kLiteRtElementTypeFloat32, {3 * u}, s));
+    if (int8) in.push_back(MakeTensor(ElementType::kFloat32, {3 * u}, s));
   };
   matrix(f, m.w_float, m.w_int8, m.w_cols, m.w_ptr, m.w_scales);
   matrix(u, m.r_float, m.r_int8, m.r_cols, m.r_ptr, m.r_scales);
-  in.push_back(Tensor(kLiteRtElementTypeFloat32,
-                      o.reset_after ? std::vector<int32_t>{2, 3 * u} : std::vector<int32_t>{3 * u},
-                      m.bias));
+  in.push_back(MakeTensor(ElementType::kFloat32,
+                          o.reset_after ? std::vector<int32_t>{2, 3 * u} : std::vector<int32_t>{3 * u},
+                          m.bias));
   return in;
 }
 
@@ -314,9 +317,22 @@ std::vector<float> Compute(const Model& m, std::string* error) {
 
 float Sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
 
-void TestHandComputed() {
+float MaxDiff(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size()) return INFINITY;
+  float worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) worst = std::fmax(worst, std::fabs(a[i] - b[i]));
+  return worst;
+}
+
+const char* Name(GruPrecision precision) {
+  return precision == GruPrecision::kInt8 ? "int8" : "float32";
+}
+const char* Name(GruFormat format) { return format == GruFormat::kCsr ? "csr" : "dense"; }
+
+TEST(SparseGruComputeTest, MatchesHandComputedSteps) {
   // One unit, one feature, two steps: W = (z 0.5, r -1, h 2), R = (z 1, r 0.5, h -1).
   for (bool reset_after : {true, false}) {
+    SCOPED_TRACE(reset_after ? "reset_after" : "reset_before");
     Model m;
     m.options = {1, 1, reset_after, true, GruPrecision::kFloat32, GruFormat::kDense};
     m.steps = 2;
@@ -343,26 +359,23 @@ void TestHandComputed() {
     }
     std::string error;
     const std::vector<float> got = Compute(m, &error);
-    CHECK(error.empty() && got.size() == 2, "%s", error.c_str());
+    ASSERT_EQ(error, "");
+    ASSERT_EQ(got.size(), 2u);
     for (size_t i = 0; i < got.size(); ++i) {
-      CHECK(std::fabs(got[i] - want[i]) < 1e-6f, "step %zu: %g vs %g", i, got[i], want[i]);
+      EXPECT_NEAR(got[i], want[i], 1e-6f) << "step " << i;
     }
     m.options.return_sequences = false;
     const std::vector<float> last = Compute(m, &error);
-    CHECK(last.size() == 1 && std::fabs(last[0] - want[1]) < 1e-6f, "last state");
+    ASSERT_EQ(last.size(), 1u) << "last state";
+    EXPECT_NEAR(last[0], want[1], 1e-6f) << "last state";
   }
 }
 
-float MaxDiff(const std::vector<float>& a, const std::vector<float>& b) {
-  if (a.size() != b.size()) return INFINITY;
-  float worst = 0;
-  for (size_t i = 0; i < a.size(); ++i) worst = std::fmax(worst, std::fabs(a[i] - b[i]));
-  return worst;
-}
-
-void TestFormatsAgree() {
+TEST(SparseGruComputeTest, CsrEqualsDenseAndInt8EqualsDequantized) {
   for (bool reset_after : {true, false}) {
     for (bool sequences : {true, false}) {
+      SCOPED_TRACE(std::string("reset_after ") + (reset_after ? "1" : "0") +
+                   " return_sequences " + (sequences ? "1" : "0"));
       SparseGruOptions dense_opts{5, 17, reset_after, sequences, GruPrecision::kFloat32,
                                   GruFormat::kDense};
       std::vector<float> w, r;
@@ -377,9 +390,10 @@ void TestFormatsAgree() {
       dense.r_float = r;
       std::string e1, e2;
       const std::vector<float> a = Compute(csr, &e1), b = Compute(dense, &e2);
-      CHECK(e1.empty() && e2.empty(), "%s %s", e1.c_str(), e2.c_str());
-      CHECK(MaxDiff(a, b) < 1e-5f, "csr vs dense differ by %g", MaxDiff(a, b));
-      CHECK(a.size() == static_cast<size_t>(sequences ? 3 * 4 * 5 : 3 * 5), "size %zu", a.size());
+      EXPECT_EQ(e1, "");
+      EXPECT_EQ(e2, "");
+      EXPECT_LT(MaxDiff(a, b), 1e-5f) << "csr vs dense";
+      EXPECT_EQ(a.size(), static_cast<size_t>(sequences ? 3 * 4 * 5 : 3 * 5));
 
       // int8: the same arrays dequantized to float32 give the same result.
       for (GruFormat format : {GruFormat::kCsr, GruFormat::kDense}) {
@@ -407,11 +421,60 @@ void TestFormatsAgree() {
         f.w_float = dequant(q.w_int8, q.w_ptr, q.w_scales, 17);
         f.r_float = dequant(q.r_int8, q.r_ptr, q.r_scales, 5);
         const std::vector<float> qa = Compute(q, &e1), fa = Compute(f, &e2);
-        CHECK(e1.empty() && e2.empty(), "%s %s", e1.c_str(), e2.c_str());
-        CHECK(MaxDiff(qa, fa) < 1e-5f, "int8 vs dequantized differ by %g", MaxDiff(qa, fa));
+        EXPECT_EQ(e1, "");
+        EXPECT_EQ(e2, "");
+        EXPECT_LT(MaxDiff(qa, fa), 1e-5f) << "int8 vs dequantized, " << Name(format);
       }
     }
   }
+}
+
+// A scratch that served one csr model serves another from its own arrays:
+// packs are told apart by the arrays they came from. Sizes span partial and
+// several slices per gate; each csr result equals the dense one.
+TEST(SparseGruComputeTest, PacksFollowTheirArrays) {
+  for (int units : {5, 19}) {
+    SCOPED_TRACE("units " + std::to_string(units));
+    std::vector<float> w, r;
+    const SparseGruOptions csr{units, 6, false, true, GruPrecision::kFloat32, GruFormat::kCsr};
+    Model a = RandomModel(csr, 2, 3, 21, 0.4f, &w, &r);
+    Model b = RandomModel(csr, 2, 3, 22, 0.4f, &w, &r);
+    for (float& v : w) v = std::fabs(v) < 0.4f ? 0 : v;
+    for (float& v : r) v = std::fabs(v) < 0.4f ? 0 : v;
+    Model b_dense = b;
+    b_dense.options.format = GruFormat::kDense;
+    b_dense.w_float = w;
+    b_dense.r_float = r;
+    std::string error;
+    const std::vector<float> want_a = Compute(a, &error);
+    ASSERT_EQ(error, "");
+    const std::vector<float> want_b = Compute(b_dense, &error);
+    ASSERT_EQ(error, "");
+    GruScratch shared;
+    for (int round = 0; round < 2; ++round) {
+      EXPECT_EQ(MaxDiff(ComputeWith(a, &shared, &error), want_a), 0) << "round " << round;
+      EXPECT_EQ(error, "");
+      EXPECT_LT(MaxDiff(ComputeWith(b, &shared, &error), want_b), 1e-5f) << "round " << round;
+      EXPECT_EQ(error, "");
+    }
+    EXPECT_EQ(shared.packs.size(), 2u) << "packs for two models";
+  }
+  // The float rows of small dense int8 Rs are told apart the same way.
+  std::vector<float> w, r;
+  const SparseGruOptions dense{6, 4, true, true, GruPrecision::kInt8, GruFormat::kDense};
+  const Model a = RandomModel(dense, 1, 3, 23, 0, &w, &r), b = RandomModel(dense, 1, 3, 24, 0, &w, &r);
+  std::string error;
+  const std::vector<float> want_a = Compute(a, &error), want_b = Compute(b, &error);
+  ASSERT_EQ(error, "");
+  GruScratch shared;
+  for (int round = 0; round < 2; ++round) {
+    EXPECT_EQ(ComputeWith(a, &shared, &error), want_a) << "round " << round << ": float rows mixed up";
+    EXPECT_EQ(ComputeWith(b, &shared, &error), want_b) << "round " << round << ": float rows mixed up";
+    EXPECT_EQ(error, "");
+  }
+  EXPECT_EQ(shared.float_rows.size(), 2u) << "float rows for two models";
+  shared.DropPacks();
+  EXPECT_TRUE(shared.float_rows.empty() && shared.packs.empty()) << "DropPacks kept copies";
 }
 
 // The matrix a model stores, as dense doubles (int8: times the row scales).
@@ -484,7 +547,7 @@ std::vector<float> ScalarGru(const Model& m) {
 // Each instruction-set variant this machine runs against the scalar
 // reference, for every precision, format and gate form, at sizes where the
 // vector loops, their tails and several slices per gate all run.
-void TestVariantsMatchScalarReference() {
+TEST(SparseGruComputeTest, VariantsMatchScalarReference) {
   typedef void (*Variant)(const GruProblem&, const float*, float*, GruScratch*,
                           edgepipe::ops::WorkerTeam*);
   std::vector<std::pair<const char*, Variant>> variants = {
@@ -513,12 +576,11 @@ void TestVariantsMatchScalarReference() {
                                                      edgepipe::ops::GruCheck::kRun, &problem);
             std::vector<float> got(want.size(), -99.0f);
             GruScratch scratch;
+            EXPECT_EQ(error, "");
             if (error.empty()) compute(problem, m.x.data(), got.data(), &scratch, nullptr);
-            CHECK(error.empty() && MaxDiff(got, want) < tolerance,
-                  "%s, %s %s reset_after %d units %d: differs by %g %s", name,
-                  precision == GruPrecision::kInt8 ? "int8" : "float32",
-                  format == GruFormat::kCsr ? "csr" : "dense", reset_after, units,
-                  MaxDiff(got, want), error.c_str());
+            EXPECT_LT(MaxDiff(got, want), tolerance)
+                << name << ", " << Name(precision) << " " << Name(format) << " reset_after "
+                << reset_after << " units " << units;
           }
         }
       }
@@ -527,7 +589,7 @@ void TestVariantsMatchScalarReference() {
 }
 
 // A team runs every part of every phase, part 0 on the caller.
-void TestWorkerTeamRunsEveryPart() {
+TEST(WorkerTeamTest, RunsEveryPart) {
   for (int size : {1, 2, 4}) {
     edgepipe::ops::WorkerTeam team(size);
     std::vector<int> runs(static_cast<size_t>(size), 0);
@@ -539,10 +601,10 @@ void TestWorkerTeamRunsEveryPart() {
         if (part == 0) part0_on_caller = part0_on_caller && std::this_thread::get_id() == caller;
       });
     }
-    CHECK(team.size() == size && part0_on_caller, "size %d", size);
+    EXPECT_EQ(team.size(), size);
+    EXPECT_TRUE(part0_on_caller) << "size " << size;
     for (int part = 0; part < size; ++part) {
-      CHECK(runs[static_cast<size_t>(part)] == 500, "size %d part %d ran %d times", size, part,
-            runs[static_cast<size_t>(part)]);
+      EXPECT_EQ(runs[static_cast<size_t>(part)], 500) << "size " << size << " part " << part;
     }
   }
 }
@@ -550,7 +612,7 @@ void TestWorkerTeamRunsEveryPart() {
 // Split among threads, every phase computes the same rows the same way: the
 // results equal the single-threaded ones bit for bit, at sizes above
 // kMinSplitWork for both the recurrence and the input projection.
-void TestTeamsMatchOneThread() {
+TEST(SparseGruComputeTest, TeamsMatchOneThread) {
   for (GruPrecision precision : {GruPrecision::kFloat32, GruPrecision::kInt8}) {
     for (GruFormat format : {GruFormat::kDense, GruFormat::kCsr}) {
       for (bool reset_after : {true, false}) {
@@ -559,17 +621,18 @@ void TestTeamsMatchOneThread() {
                                     0.1f, &w, &r);
         std::string error;
         const std::vector<float> alone = Compute(m, &error);
-        CHECK(error.empty(), "%s", error.c_str());
+        ASSERT_EQ(error, "");
         for (int threads : {2, 3}) {
           edgepipe::ops::WorkerTeam team(threads);
           GruProblem problem;
           error = CheckSparseGru(m.options, Inputs(m), 1, edgepipe::ops::GruCheck::kRun, &problem);
+          ASSERT_EQ(error, "");
           std::vector<float> shared(alone.size(), -99.0f);
           GruScratch scratch;
-          if (error.empty()) ComputeSparseGru(problem, m.x.data(), shared.data(), &scratch, &team);
-          CHECK(error.empty() && shared == alone, "%d threads, %s %s reset_after %d: differs by %g",
-                threads, precision == GruPrecision::kInt8 ? "int8" : "float32",
-                format == GruFormat::kCsr ? "csr" : "dense", reset_after, MaxDiff(shared, alone));
+          ComputeSparseGru(problem, m.x.data(), shared.data(), &scratch, &team);
+          EXPECT_EQ(shared, alone) << threads << " threads, " << Name(precision) << " "
+                                   << Name(format) << " reset_after " << reset_after
+                                   << ": differs by " << MaxDiff(shared, alone);
         }
       }
     }
@@ -580,190 +643,392 @@ std::string CheckError(const Model& m, std::vector<GruTensor> inputs, size_t out
   return CheckSparseGru(m.options, inputs, outputs, edgepipe::ops::GruCheck::kPreflight, nullptr);
 }
 
-void TestValidation() {
-  std::vector<float> w, r;
-  SparseGruOptions csr_int8{4, 6, true, false, GruPrecision::kInt8, GruFormat::kCsr};
-  Model m = RandomModel(csr_int8, 1, 2, 3, 0.3f, &w, &r);
-  const std::vector<GruTensor> good = Inputs(m);
-  CHECK(CheckError(m, good).empty(), "%s", CheckError(m, good).c_str());
-
-  auto with = [&](size_t index, const GruTensor& t) {
-    std::vector<GruTensor> in = good;
+// A csr int8 model (every input present) and its checked inputs, for the
+// validation tests to damage one input at a time.
+class SparseGruCheckTest : public ::testing::Test {
+ protected:
+  SparseGruCheckTest() {
+    std::vector<float> w, r;
+    m_ = RandomModel({4, 6, true, false, GruPrecision::kInt8, GruFormat::kCsr}, 1, 2, 3, 0.3f,
+                     &w, &r);
+    good_ = Inputs(m_);
+  }
+  std::string With(size_t index, const GruTensor& t) const {
+    std::vector<GruTensor> in = good_;
     in[index] = t;
-    return CheckError(m, in);
-  };
-  auto expect = [](const std::string& error, const char* needle) {
-    CHECK(Contains(error, needle), "wanted '%s', got '%s'", needle, error.c_str());
-  };
-  std::vector<GruTensor> fewer(good.begin(), good.end() - 1);
-  expect(CheckError(m, fewer),
-         "expects 10 inputs for format 'csr' and precision 'int8' (absent inputs left out), got 9");
-  expect(CheckError(m, good, 2), "expects 1 output");
+    return CheckError(m_, in);
+  }
+  std::string RowPtrError(size_t at, int32_t value) const {
+    std::vector<int32_t> ptr = m_.w_ptr;
+    ptr[at] = value;
+    return With(3, MakeTensor(ElementType::kInt32, {13}, ptr));
+  }
 
-  GruTensor t = good[0];
-  t.type = kLiteRtElementTypeInt8;
-  expect(with(0, t), "input 0 (x) must be float32, got int8");
-  t = good[0];
+  Model m_;
+  std::vector<GruTensor> good_;
+};
+
+TEST_F(SparseGruCheckTest, AcceptsTheGoodModel) { EXPECT_EQ(CheckError(m_, good_), ""); }
+
+TEST_F(SparseGruCheckTest, CountsInputsAndOutputs) {
+  std::vector<GruTensor> fewer(good_.begin(), good_.end() - 1);
+  EXPECT_HAS(CheckError(m_, fewer),
+             "expects 10 inputs for format 'csr' and precision 'int8' (absent inputs left out), got 9");
+  EXPECT_HAS(CheckError(m_, good_, 2), "expects 1 output");
+}
+
+TEST_F(SparseGruCheckTest, RefusesBadX) {
+  GruTensor t = good_[0];
+  t.type = ElementType::kInt8;
+  EXPECT_HAS(With(0, t), "input 0 (x) must be float32, got int8");
+  t = good_[0];
   t.dims = {1, 2, 7};
-  expect(with(0, t), "input 0 (x) has shape [1, 2, 7], expected rank 3 [?, ?, 6]");
+  EXPECT_HAS(With(0, t), "input 0 (x) has shape [1, 2, 7], expected rank 3 [?, ?, 6]");
   t.dims = {1, 6};
-  expect(with(0, t), "expected rank 3");
+  EXPECT_HAS(With(0, t), "expected rank 3");
   t.dims = {0, 2, 6};
   t.data = nullptr;
   t.size = 0;
-  expect(with(0, t), "batch and time steps must be at least 1");
+  EXPECT_HAS(With(0, t), "batch and time steps must be at least 1");
   t.dims = {1, -1, 6};
-  expect(with(0, t), "input 0 (x) has shape [1, -1, 6]");
+  EXPECT_HAS(With(0, t), "input 0 (x) has shape [1, -1, 6]");
+}
 
-  t = good[1];
-  t.type = kLiteRtElementTypeFloat32;
-  expect(with(1, t), "input 1 (w_values) must be int8, got float32");
-  t = good[1];
+TEST_F(SparseGruCheckTest, RefusesBadWeightArrays) {
+  GruTensor t = good_[1];
+  t.type = ElementType::kFloat32;
+  EXPECT_HAS(With(1, t), "input 1 (w_values) must be int8, got float32");
+  t = good_[1];
   t.data = nullptr;
-  expect(with(1, t), "input 1 (w_values) must be a constant tensor");
-  t = good[1];
+  EXPECT_HAS(With(1, t), "input 1 (w_values) must be a constant tensor");
+  t = good_[1];
   t.size -= 1;
-  expect(with(1, t), "input 1 (w_values) holds");
-  t = good[2];
+  EXPECT_HAS(With(1, t), "input 1 (w_values) holds");
+  t = good_[2];
   t.dims = {t.dims[0] + 1};
-  expect(with(2, t), "input 2 (w_col_indices) has shape");
-  t = good[2];
-  t.type = kLiteRtElementTypeInt32;
-  expect(with(2, t), "must be uint16");
-  t = good[3];
+  EXPECT_HAS(With(2, t), "input 2 (w_col_indices) has shape");
+  t = good_[2];
+  t.type = ElementType::kInt32;
+  EXPECT_HAS(With(2, t), "must be uint16");
+  t = good_[3];
   t.dims = {3 * 4};
-  expect(with(3, t), "input 3 (w_row_ptr) has shape [12], expected rank 1 [13]");
+  EXPECT_HAS(With(3, t), "input 3 (w_row_ptr) has shape [12], expected rank 1 [13]");
+}
 
-  // Row pointers and column indices: edited copies of the good arrays.
-  auto row_ptr_error = [&](size_t at, int32_t value) {
-    std::vector<int32_t> ptr = m.w_ptr;
-    ptr[at] = value;
-    return with(3, Tensor(kLiteRtElementTypeInt32, {13}, ptr));
-  };
-  const int32_t nnz = static_cast<int32_t>(m.w_int8.size());
-  expect(row_ptr_error(0, 1), "row_ptr[0] is 1, must be 0");
-  expect(row_ptr_error(5, m.w_ptr[4] - 1), "decreases at row 4");
-  expect(row_ptr_error(5, nnz + 5), "is past nnz");
-  expect(row_ptr_error(12, nnz - 1), "last entry is");
-  std::vector<uint16_t> cols = m.w_cols;
-  const size_t row2 = static_cast<size_t>(m.w_ptr[2]);
-  CHECK(m.w_ptr[3] - m.w_ptr[2] >= 2, "test needs two entries in row 2");
+// Row pointers and column indices: edited copies of the good arrays.
+TEST_F(SparseGruCheckTest, RefusesBadRowPointersAndColumns) {
+  const int32_t nnz = static_cast<int32_t>(m_.w_int8.size());
+  EXPECT_HAS(RowPtrError(0, 1), "row_ptr[0] is 1, must be 0");
+  EXPECT_HAS(RowPtrError(5, m_.w_ptr[4] - 1), "decreases at row 4");
+  EXPECT_HAS(RowPtrError(5, nnz + 5), "is past nnz");
+  EXPECT_HAS(RowPtrError(12, nnz - 1), "last entry is");
+  std::vector<uint16_t> cols = m_.w_cols;
+  const size_t row2 = static_cast<size_t>(m_.w_ptr[2]);
+  ASSERT_GE(m_.w_ptr[3] - m_.w_ptr[2], 2) << "test needs two entries in row 2";
   cols[row2] = 6;
-  expect(with(2, Tensor(edgepipe::ops::kGruElementTypeUInt16, {nnz}, cols)),
-         "column 6 in row 2 is out of range (< 6)");
-  cols = m.w_cols;
+  EXPECT_HAS(With(2, MakeTensor(ElementType::kUInt16, {nnz}, cols)),
+             "column 6 in row 2 is out of range (< 6)");
+  cols = m_.w_cols;
   cols[row2 + 1] = cols[row2];
-  expect(with(2, Tensor(edgepipe::ops::kGruElementTypeUInt16, {nnz}, cols)),
-         "columns of row 2 are not strictly increasing");
-  std::vector<uint16_t> r_cols = m.r_cols;
+  EXPECT_HAS(With(2, MakeTensor(ElementType::kUInt16, {nnz}, cols)),
+             "columns of row 2 are not strictly increasing");
+  std::vector<uint16_t> r_cols = m_.r_cols;
   r_cols[0] = 4;  // R has U = 4 columns
-  expect(with(6, Tensor(edgepipe::ops::kGruElementTypeUInt16, {static_cast<int32_t>(r_cols.size())},
-                        r_cols)),
-         "input 6 (r_col_indices): column 4");
+  EXPECT_HAS(With(6, MakeTensor(ElementType::kUInt16, {static_cast<int32_t>(r_cols.size())},
+                                r_cols)),
+             "input 6 (r_col_indices): column 4");
+}
 
-  std::vector<float> scales = m.w_scales;
+TEST_F(SparseGruCheckTest, RefusesBadScalesAndBias) {
+  std::vector<float> scales = m_.w_scales;
   scales[3] = NAN;
-  expect(with(4, Tensor(kLiteRtElementTypeFloat32, {12}, scales)),
-         "input 4 (w_scales): scale of row 3 is not finite");
+  EXPECT_HAS(With(4, MakeTensor(ElementType::kFloat32, {12}, scales)),
+             "input 4 (w_scales): scale of row 3 is not finite");
   scales[3] = INFINITY;
-  expect(with(4, Tensor(kLiteRtElementTypeFloat32, {12}, scales)), "not finite");
-  expect(with(8, GruTensor()), "input 8 (r_scales) must be float32, got another type");
-
-  t = good[9];
+  EXPECT_HAS(With(4, MakeTensor(ElementType::kFloat32, {12}, scales)), "not finite");
+  EXPECT_HAS(With(8, GruTensor()), "input 8 (r_scales) must be float32, got another type");
+  GruTensor t = good_[9];
   t.dims = {12};
-  expect(with(9, t), "(reset_after = true)");
+  EXPECT_HAS(With(9, t), "(reset_after = true)");
+}
 
-  // Options decide which inputs exist.
-  Model f = m;
+// Options decide which inputs exist.
+TEST_F(SparseGruCheckTest, OptionsDecideTheInputs) {
+  Model f = m_;
   f.options.precision = GruPrecision::kFloat32;
-  expect(CheckError(f, good), "expects 8 inputs for format 'csr' and precision 'float32'");
-  Model d = m;
+  EXPECT_HAS(CheckError(f, good_), "expects 8 inputs for format 'csr' and precision 'float32'");
+  Model d = m_;
   d.options.format = GruFormat::kDense;
-  expect(CheckError(d, good), "expects 6 inputs for format 'dense' and precision 'int8'");
-  std::vector<GruTensor> in = good;
+  EXPECT_HAS(CheckError(d, good_), "expects 6 inputs for format 'dense' and precision 'int8'");
+  std::vector<GruTensor> in = good_;
   in.erase(in.begin() + 6, in.begin() + 8);  // r's csr arrays
   in.erase(in.begin() + 2, in.begin() + 4);  // w's
-  expect(CheckError(d, in), "input 1 (w_values) has shape");
-  Model no_reset = m;
+  EXPECT_HAS(CheckError(d, in), "input 1 (w_values) has shape");
+  Model no_reset = m_;
   no_reset.options.reset_after = false;
-  expect(CheckError(no_reset, good), "(reset_after = false)");
+  EXPECT_HAS(CheckError(no_reset, good_), "(reset_after = false)");
+}
 
-  // Without constant contents or types (GetOutputLayouts): shapes only.
-  in = good;
-  for (GruTensor& tensor : in) {
-    tensor.data = nullptr;
-    tensor.type = kLiteRtElementTypeNone;
-  }
-  CHECK(CheckSparseGru(m.options, in, 1, edgepipe::ops::GruCheck::kShapes, nullptr).empty(),
-        "shapes only");
-  // The model's x has no data before running; a run's must.
-  in = good;
+// The model's x has no data before running; a run's must.
+TEST_F(SparseGruCheckTest, XHasDataOnlyAtRun) {
+  std::vector<GruTensor> in = good_;
   in[0].data = nullptr;
-  CHECK(CheckError(m, in).empty(), "%s", CheckError(m, in).c_str());
-  expect(CheckSparseGru(m.options, in, 1, edgepipe::ops::GruCheck::kRun, nullptr),
-         "input 0 (x) has no data");
+  EXPECT_EQ(CheckError(m_, in), "");
+  EXPECT_HAS(CheckSparseGru(m_.options, in, 1, edgepipe::ops::GruCheck::kRun, nullptr),
+             "input 0 (x) has no data");
+}
+
+// ---- the kernel object, as the runtime drives it (kernel_interface.h) ----
+
+// The options as a flexbuffer (values below 128: Flex writes 1-byte ints).
+std::vector<uint8_t> OptionsBytes(const SparseGruOptions& o) {
+  return Flex({{"version", 1, 1, ""},
+               {"units", 1, o.units, ""},
+               {"input_size", 1, o.input_size, ""},
+               {"reset_after", 26, o.reset_after ? 1 : 0, ""},
+               {"return_sequences", 26, o.return_sequences ? 1 : 0, ""},
+               {"precision", 5, 0, o.precision == GruPrecision::kInt8 ? "int8" : "float32"},
+               {"format", 5, 0, o.format == GruFormat::kCsr ? "csr" : "dense"}});
+}
+
+std::vector<int32_t> OutputDims(const Model& m) {
+  const auto u = static_cast<int32_t>(m.options.units);
+  if (m.options.return_sequences) return {m.batch, m.steps, u};
+  return {m.batch, u};
+}
+
+// The op as the runtime finds it at load: x without data, one declared
+// output "y". `options` must outlive the site.
+OpSite SiteOf(const Model& m, const std::vector<uint8_t>& options) {
+  OpSite site;
+  site.options = options.data();
+  site.options_size = options.size();
+  site.inputs = Inputs(m);
+  site.inputs[0].data = nullptr;
+  site.inputs[0].size = 0;
+  GruTensor y;
+  y.name = "y";
+  y.type = ElementType::kFloat32;
+  y.dims = OutputDims(m);
+  site.outputs = {y};
+  return site;
+}
+
+std::vector<std::vector<int32_t>> DimsOf(const std::vector<GruTensor>& tensors) {
+  std::vector<std::vector<int32_t>> dims;
+  for (const GruTensor& t : tensors) dims.push_back(t.dims);
+  return dims;
+}
+
+// One run of the kernel on `inputs` into a buffer of `dims`; "" or the error.
+std::string RunKernel(SparseGruKernel* kernel, const std::vector<GruTensor>& inputs,
+                      const std::vector<int32_t>& dims, std::vector<float>* out) {
+  size_t n = 1;
+  for (int32_t d : dims) n *= static_cast<size_t>(d);
+  out->assign(n, -99.0f);
+  OutputBuffer buffer;
+  buffer.type = ElementType::kFloat32;
+  buffer.dims = dims;
+  buffer.data = out->data();
+  buffer.size = n * sizeof(float);
+  return kernel->Run(inputs, {buffer});
+}
+
+TEST(SparseGruKernelTest, ValidatePrepareRunGiveTheComputation) {
+  const SparseGruOptions cases[] = {
+      {4, 6, false, false, GruPrecision::kInt8, GruFormat::kCsr},
+      {5, 7, true, true, GruPrecision::kFloat32, GruFormat::kDense},
+  };
+  for (const SparseGruOptions& options : cases) {
+    SCOPED_TRACE(std::string(Name(options.precision)) + " " + Name(options.format));
+    std::vector<float> w, r;
+    const Model m = RandomModel(options, 2, 3, 5, 0.3f, &w, &r);
+    const std::vector<uint8_t> bytes = OptionsBytes(options);
+    SparseGruKernel kernel{KernelConfig()};
+    ASSERT_EQ(kernel.Validate(SiteOf(m, bytes)), "");
+    std::vector<std::vector<int32_t>> output_dims;
+    ASSERT_EQ(kernel.Prepare(DimsOf(Inputs(m)), &output_dims), "");
+    EXPECT_EQ(output_dims, std::vector<std::vector<int32_t>>{OutputDims(m)});
+    std::string error;
+    const std::vector<float> want = Compute(m, &error);
+    ASSERT_EQ(error, "");
+    std::vector<float> got;
+    ASSERT_EQ(RunKernel(&kernel, Inputs(m), OutputDims(m), &got), "");
+    EXPECT_EQ(got, want);
+    // Only a csr R is repacked; the kernel keeps it for the next run.
+    EXPECT_EQ(kernel.scratch().packs.size(), options.format == GruFormat::kCsr ? 1u : 0u);
+    ASSERT_EQ(RunKernel(&kernel, Inputs(m), OutputDims(m), &got), "");
+    EXPECT_EQ(got, want);
+    EXPECT_EQ(kernel.scratch().packs.size(), options.format == GruFormat::kCsr ? 1u : 0u);
+  }
+}
+
+// The thread count is the model's (KernelConfig), and a team gives the
+// single-thread results bit for bit (R's 3 * 64 * 64 multiply-adds per step
+// are above kMinSplitWork, so the work is split).
+TEST(SparseGruKernelTest, ThreadsComeFromTheConfig) {
+  std::vector<float> w, r;
+  const SparseGruOptions options{64, 40, true, true, GruPrecision::kFloat32, GruFormat::kDense};
+  const Model m = RandomModel(options, 2, 4, 17, 0, &w, &r);
+  const std::vector<uint8_t> bytes = OptionsBytes(options);
+  std::vector<float> results[2];
+  const int thread_counts[2] = {1, 3};
+  for (int i = 0; i < 2; ++i) {
+    KernelConfig config;
+    config.num_threads = thread_counts[i];
+    SparseGruKernel kernel(config);
+    EXPECT_EQ(kernel.threads(), thread_counts[i]);
+    ASSERT_EQ(kernel.Validate(SiteOf(m, bytes)), "");
+    ASSERT_EQ(RunKernel(&kernel, Inputs(m), OutputDims(m), &results[i]), "");
+  }
+  EXPECT_EQ(results[1], results[0]) << "differs by " << MaxDiff(results[1], results[0]);
+}
+
+TEST(SparseGruKernelTest, RefusesADeclaredOutputTheOptionsDoNotGive) {
+  std::vector<float> w, r;
+  const SparseGruOptions options{4, 6, true, false, GruPrecision::kFloat32, GruFormat::kCsr};
+  const Model m = RandomModel(options, 1, 2, 3, 0.3f, &w, &r);
+  const std::vector<uint8_t> bytes = OptionsBytes(options);
+  SparseGruKernel kernel{KernelConfig()};
+  OpSite site = SiteOf(m, bytes);
+  site.outputs[0].dims = {1, 2, 4};  // [B, T, U], but return_sequences is false
+  EXPECT_EQ(kernel.Validate(site),
+            "output 0 ('y') is declared float32 [1, 2, 4], but x [1, 2, 6] with units 4 and "
+            "return_sequences false give float32 [1, 4]");
+  site = SiteOf(m, bytes);
+  site.outputs[0].type = ElementType::kInt8;
+  EXPECT_HAS(kernel.Validate(site), "output 0 ('y') is declared int8 [1, 4]");
+  site = SiteOf(m, bytes);
+  site.outputs.push_back(site.outputs[0]);
+  EXPECT_HAS(kernel.Validate(site), "expects 1 output, got 2");
+  site.outputs.clear();
+  EXPECT_HAS(kernel.Validate(site), "expects 1 output, got 0");
+  // Nothing refused was kept: no op to prepare.
+  std::vector<std::vector<int32_t>> output_dims;
+  EXPECT_HAS(kernel.Prepare(DimsOf(Inputs(m)), &output_dims),
+             "no SparseGRU op validated at load has inputs of shapes [1, 2, 6]");
+}
+
+TEST(SparseGruKernelTest, RefusesBadOptionsAndInputsAtValidate) {
+  std::vector<float> w, r;
+  const SparseGruOptions options{4, 6, true, false, GruPrecision::kInt8, GruFormat::kCsr};
+  const Model m = RandomModel(options, 1, 2, 3, 0.3f, &w, &r);
+  const std::vector<uint8_t> bytes = OptionsBytes(options);
+  SparseGruKernel kernel{KernelConfig()};
+  OpSite site = SiteOf(m, bytes);
+  site.options = nullptr;
+  site.options_size = 0;
+  EXPECT_HAS(kernel.Validate(site), "missing");
+  site = SiteOf(m, bytes);
+  site.inputs[1].data = nullptr;  // weights that are not constants
+  EXPECT_HAS(kernel.Validate(site), "input 1 (w_values) must be a constant tensor");
+  EXPECT_EQ(kernel.Validate(SiteOf(m, bytes)), "");
+}
+
+// A run checks what changes between runs: x and the output buffer; and it
+// only runs the weights it checked at load.
+TEST(SparseGruKernelTest, RunRefusesWhatWasNotChecked) {
+  std::vector<float> w, r;
+  const SparseGruOptions options{4, 6, true, false, GruPrecision::kFloat32, GruFormat::kCsr};
+  const Model m = RandomModel(options, 1, 2, 3, 0.3f, &w, &r);
+  const std::vector<uint8_t> bytes = OptionsBytes(options);
+  SparseGruKernel kernel{KernelConfig()};
+  ASSERT_EQ(kernel.Validate(SiteOf(m, bytes)), "");
+  std::vector<float> out;
+  ASSERT_EQ(RunKernel(&kernel, Inputs(m), OutputDims(m), &out), "");
+
+  std::vector<GruTensor> in = Inputs(m);
+  const std::vector<float> longer_x(2 * 3 * 6, 0.5f);
+  in[0] = MakeTensor(ElementType::kFloat32, {2, 3, 6}, longer_x);
+  EXPECT_HAS(RunKernel(&kernel, in, OutputDims(m), &out),
+             "input 0 (x) must be float32 [1, 2, 6] (48 bytes), got float32 [2, 3, 6] (144 bytes)");
+  in = Inputs(m);
+  in[0].data = nullptr;
+  EXPECT_HAS(RunKernel(&kernel, in, OutputDims(m), &out), "input 0 (x) must be float32 [1, 2, 6]");
+  EXPECT_EQ(RunKernel(&kernel, Inputs(m), {1, 2, 4}, &out),
+            "output 0 must be float32 [1, 4] (16 bytes)");
+  EXPECT_HAS(kernel.Run(Inputs(m), {}), "output 0 must be float32 [1, 4]");
+  // The same weights at other addresses were never checked.
+  const Model copy = m;
+  EXPECT_EQ(RunKernel(&kernel, Inputs(copy), OutputDims(m), &out),
+            "the weights handed to the kernel are not those of any SparseGRU op checked at load");
+  std::vector<std::vector<int32_t>> output_dims;
+  EXPECT_EQ(kernel.Prepare(DimsOf(in), &output_dims), "");  // x's dims are unchanged
+  std::vector<std::vector<int32_t>> other = DimsOf(in);
+  other[0] = {2, 2, 6};
+  EXPECT_HAS(kernel.Prepare(other, &output_dims),
+             "no SparseGRU op validated at load has inputs of shapes [2, 2, 6], [");
+}
+
+// The converter shares one buffer between ops with the same constants: two
+// ops on the same arrays are told apart by the shape of x.
+TEST(SparseGruKernelTest, OpsSharingConstantsAreToldApartByX) {
+  std::vector<float> w, r;
+  const SparseGruOptions options{3, 5, true, true, GruPrecision::kFloat32, GruFormat::kCsr};
+  const Model one = RandomModel(options, 1, 2, 9, 0.3f, &w, &r);
+  Model three = one;  // for the expected output only
+  three.batch = 3;
+  three.x.resize(3 * 2 * 5);
+  for (size_t i = 0; i < three.x.size(); ++i) three.x[i] = 0.1f * static_cast<float>(i % 7) - 0.3f;
+  const std::vector<uint8_t> bytes = OptionsBytes(options);
+  SparseGruKernel kernel{KernelConfig()};
+  ASSERT_EQ(kernel.Validate(SiteOf(one, bytes)), "");
+  OpSite second = SiteOf(one, bytes);
+  second.inputs[0].dims = {3, 2, 5};
+  second.outputs[0].dims = OutputDims(three);
+  ASSERT_EQ(kernel.Validate(second), "");
+
+  std::vector<GruTensor> in = Inputs(one);
+  std::vector<std::vector<int32_t>> output_dims;
+  ASSERT_EQ(kernel.Prepare(DimsOf(in), &output_dims), "");
+  EXPECT_EQ(output_dims, std::vector<std::vector<int32_t>>{OutputDims(one)});
+  in[0] = MakeTensor(ElementType::kFloat32, {3, 2, 5}, three.x);
+  ASSERT_EQ(kernel.Prepare(DimsOf(in), &output_dims), "");
+  EXPECT_EQ(output_dims, std::vector<std::vector<int32_t>>{OutputDims(three)});
+
+  std::string error;
+  std::vector<float> got;
+  ASSERT_EQ(RunKernel(&kernel, in, OutputDims(three), &got), "");
+  EXPECT_EQ(got, Compute(three, &error));
+  ASSERT_EQ(RunKernel(&kernel, Inputs(one), OutputDims(one), &got), "");
+  EXPECT_EQ(got, Compute(one, &error));
+  EXPECT_EQ(error, "");
+}
+
+// Each op keeps its own repacked R: the limit counts every op's copy.
+TEST(SparseGruKernelTest, KeepsScratchWithinItsLimit) {
+  std::vector<float> w, r;
+  const SparseGruOptions options{6, 5, true, false, GruPrecision::kFloat32, GruFormat::kCsr};
+  const Model m = RandomModel(options, 1, 3, 4, 0.3f, &w, &r);
+  GruProblem problem;
+  ASSERT_EQ(CheckSparseGru(options, Inputs(m), 1, edgepipe::ops::GruCheck::kRun, &problem), "");
+  const std::vector<uint8_t> bytes = OptionsBytes(options);
+  KernelConfig config;
+  config.max_scratch_bytes = edgepipe::ops::SparseGruScratchBytes(problem);
+  SparseGruKernel kernel(config);
+  EXPECT_EQ(kernel.Validate(SiteOf(m, bytes)), "");
+  EXPECT_HAS(kernel.Validate(SiteOf(m, bytes)), "more than the kernel's limit");
+  config.max_scratch_bytes -= 1;
+  SparseGruKernel smaller(config);
+  EXPECT_HAS(smaller.Validate(SiteOf(m, bytes)), "more than the kernel's limit");
+}
+
+TEST(SparseGruKernelTest, RegistrationCreatesOneKernelPerCall) {
+  const edgepipe::kernels::KernelRegistration registration =
+      edgepipe::ops::SparseGruRegistration();
+  EXPECT_STREQ(registration.name, "SparseGRU");
+  EXPECT_EQ(registration.version, 1);
+  KernelConfig config;
+  config.num_threads = 2;
+  const std::unique_ptr<edgepipe::kernels::OpKernel> a = registration.create(config);
+  const std::unique_ptr<edgepipe::kernels::OpKernel> b = registration.create(KernelConfig());
+  const auto* gru_a = dynamic_cast<const SparseGruKernel*>(a.get());
+  const auto* gru_b = dynamic_cast<const SparseGruKernel*>(b.get());
+  ASSERT_NE(gru_a, nullptr);
+  ASSERT_NE(gru_b, nullptr);
+  EXPECT_NE(gru_a, gru_b);
+  EXPECT_EQ(gru_a->threads(), 2);
+  EXPECT_EQ(gru_b->threads(), 1);
 }
 
 }  // namespace
-
-// A scratch that served one csr model serves another from its own arrays:
-// packs are told apart by the arrays they came from. Sizes span partial and
-// several slices per gate; each csr result equals the dense one.
-void TestPacksFollowTheirArrays() {
-  for (int units : {5, 19}) {
-    std::vector<float> w, r;
-    const SparseGruOptions csr{units, 6, false, true, GruPrecision::kFloat32, GruFormat::kCsr};
-    Model a = RandomModel(csr, 2, 3, 21, 0.4f, &w, &r);
-    Model b = RandomModel(csr, 2, 3, 22, 0.4f, &w, &r);
-    for (float& v : w) v = std::fabs(v) < 0.4f ? 0 : v;
-    for (float& v : r) v = std::fabs(v) < 0.4f ? 0 : v;
-    Model b_dense = b;
-    b_dense.options.format = GruFormat::kDense;
-    b_dense.w_float = w;
-    b_dense.r_float = r;
-    std::string error;
-    const std::vector<float> want_a = Compute(a, &error), want_b = Compute(b_dense, &error);
-    CHECK(error.empty(), "%s", error.c_str());
-    GruScratch shared;
-    for (int round = 0; round < 2; ++round) {
-      const float diff_a = MaxDiff(ComputeWith(a, &shared, &error), want_a);
-      const float diff_b = MaxDiff(ComputeWith(b, &shared, &error), want_b);
-      CHECK(error.empty() && diff_a == 0 && diff_b < 1e-5f,
-            "units %d round %d: a differs by %g, b by %g %s", units, round, diff_a, diff_b,
-            error.c_str());
-    }
-    CHECK(shared.packs.size() == 2, "units %d: %zu packs for two models", units,
-          shared.packs.size());
-  }
-  // The float rows of small dense int8 Rs are told apart the same way.
-  std::vector<float> w, r;
-  const SparseGruOptions dense{6, 4, true, true, GruPrecision::kInt8, GruFormat::kDense};
-  const Model a = RandomModel(dense, 1, 3, 23, 0, &w, &r), b = RandomModel(dense, 1, 3, 24, 0, &w, &r);
-  std::string error;
-  const std::vector<float> want_a = Compute(a, &error), want_b = Compute(b, &error);
-  GruScratch shared;
-  for (int round = 0; round < 2; ++round) {
-    CHECK(ComputeWith(a, &shared, &error) == want_a && ComputeWith(b, &shared, &error) == want_b,
-          "round %d: float rows mixed up %s", round, error.c_str());
-  }
-  CHECK(shared.float_rows.size() == 2, "%zu float rows for two models", shared.float_rows.size());
-  shared.DropPacks();
-  CHECK(shared.float_rows.empty() && shared.packs.empty(), "DropPacks kept copies");
-}
-
-int main() {
-  TestOptions();
-  TestHandComputed();
-  TestFormatsAgree();
-  TestPacksFollowTheirArrays();
-  TestVariantsMatchScalarReference();
-  TestWorkerTeamRunsEveryPart();
-  TestTeamsMatchOneThread();
-  TestValidation();
-  if (failures) {
-    std::fprintf(stderr, "%d check(s) failed\n", failures);
-    return 1;
-  }
-  std::printf("all checks passed\n");
-  return 0;
-}

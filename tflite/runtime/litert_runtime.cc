@@ -546,8 +546,33 @@ bool Runtime::Compile(const RuntimeOptions& options, std::string* error) {
                           : ": " + why);
     return false;
   }
-  return ResizeInputs(options, error) && SetUpTensors(true, error) &&
+  return ResizeInputs(options, error) && PlanOutputs(error) && SetUpTensors(true, error) &&
          SetUpTensors(false, error);
+}
+
+bool Runtime::PlanOutputs(std::string* error) {
+  LiteRtSignature signature = nullptr;
+  LiteRtParamIndex count = 0;
+  if (LiteRtGetModelSignature(model_, 0, &signature) != kLiteRtStatusOk ||
+      LiteRtGetNumSignatureOutputs(signature, &count) != kLiteRtStatusOk || count == 0) {
+    *error = "the model's signature has no outputs";
+    return false;
+  }
+  // LiteRT 2.3.0 asks custom kernels for their output shapes only here (or at
+  // the first run): their errors must fail the load, not the first inference.
+  output_layouts_.assign(count, LiteRtLayout());
+  const LiteRtStatus status = LiteRtGetCompiledModelOutputTensorLayouts(
+      compiled_, 0, count, output_layouts_.data(), /*update_allocation=*/true);
+  const std::string kernel_errors = TakeKernelErrors();
+  if (!kernel_errors.empty()) {
+    *error = "cannot compile the model: " + kernel_errors;
+    return false;
+  }
+  if (status != kLiteRtStatusOk) {
+    *error = "LiteRT cannot work out the model's output shapes (" + StatusText(status) + ")";
+    return false;
+  }
+  return true;
 }
 
 bool Runtime::ResizeInputs(const RuntimeOptions& options, std::string* error) {
@@ -652,12 +677,8 @@ bool Runtime::SetUpTensors(bool is_input, std::string* error) {
     *error = std::string("the model's signature has no ") + kind + "s";
     return false;
   }
-  // After a resize the compiled model knows the shapes; the model does not.
-  std::vector<LiteRtLayout> output_layouts(is_input ? 0 : count);
-  if (resized_ && !is_input &&
-      LiteRtGetCompiledModelOutputTensorLayouts(compiled_, 0, count, output_layouts.data(),
-                                                true) != kLiteRtStatusOk) {
-    *error = "cannot read the output shapes after resizing the inputs";
+  if (!is_input && output_layouts_.size() != count) {
+    *error = "the model's outputs changed after planning";
     return false;
   }
   std::vector<TensorInfo>& infos = is_input ? inputs_ : outputs_;
@@ -681,15 +702,14 @@ bool Runtime::SetUpTensors(bool is_input, std::string* error) {
       *error = "cannot read the shape of " + which + " (unranked tensors are not supported)";
       return false;
     }
-    if (resized_) {
-      LiteRtLayout layout;
-      if (is_input) {
-        if (LiteRtGetCompiledModelInputTensorLayout(compiled_, 0, i, &layout) != kLiteRtStatusOk) {
-          *error = "cannot read the shape of " + which + " after resizing";
-          return false;
-        }
-      } else {
-        layout = output_layouts[i];
+    // The compiled model knows the shapes after resizing and planning; the
+    // model itself does not.
+    if (resized_ || !is_input) {
+      LiteRtLayout layout = is_input ? LiteRtLayout() : output_layouts_[i];
+      if (is_input &&
+          LiteRtGetCompiledModelInputTensorLayout(compiled_, 0, i, &layout) != kLiteRtStatusOk) {
+        *error = "cannot read the shape of " + which + " after resizing";
+        return false;
       }
       if (layout.rank > LITERT_TENSOR_MAX_RANK) {
         *error = which + " has rank " + std::to_string(layout.rank) + " after resizing";

@@ -103,6 +103,8 @@ class Runtime {
   LiteRtOptions MakeOptions(const RuntimeOptions& options, int reporter_mode, std::string* error);
   bool Compile(const RuntimeOptions& options, std::string* error);
   bool ResizeInputs(const RuntimeOptions& options, std::string* error);
+  // Has LiteRT work out the output shapes (our kernels' Prepare runs here).
+  bool PlanOutputs(std::string* error);
   bool SetUpTensors(bool is_input, std::string* error);
   std::string TakeKernelErrors();
 
@@ -116,6 +118,7 @@ class Runtime {
   LiteRtCompiledModel compiled_ = nullptr;
   // This model's kernels; they outlive compiled_, whose ops call them.
   std::vector<std::unique_ptr<KernelHost>> kernels_;
+  std::vector<LiteRtLayout> output_layouts_;
   std::vector<TensorInfo> inputs_, outputs_;
   std::vector<AlignedBuffer> input_memory_, output_memory_;
   std::vector<LiteRtTensorBuffer> input_buffers_, output_buffers_;

@@ -1,7 +1,7 @@
 """Writes the small .tflite models and reference numbers the C++ runtime tests use.
 
 Run from the repository root with the project's .venv:
-    .venv/bin/python android_bench/testdata/make_testdata.py
+    .venv/bin/python tflite/runtime/testdata/make_testdata.py
 The outputs are committed (a few KB), so `bazel test` needs no TensorFlow.
 
 - linear_float.tflite: y = x W^T + b, x of shape (1, 4), y of shape (1, 3),
@@ -15,21 +15,34 @@ The outputs are committed (a few KB), so `bazel test` needs no TensorFlow.
 - linear_custom_absent.tflite: linear_custom_aligned with a -1 (absent
   optional) input appended to its custom op, which LiteRT crashes on at run;
   the runtime must refuse it before compiling.
-- expected.txt: lines "name v0 v1 ..." with the input and the Keras outputs.
+- linear_dynamic.tflite: the linear layer converted with
+  tf.lite.TFLiteConverter.from_keras_model and nothing else, so its batch
+  dimension is dynamic (-1); the runtime resizes it.
+- gru_a.tflite, gru_b.tflite: a GRU layer lowered to one SparseGRU op
+  (convert_with_sparse_gru, float32, csr: most weights are zero): a is
+  x (1, 3, 4) -> 5 units, return_sequences, reset_after; b is x (1, 4, 3) ->
+  6 units, last state only, reset_after false.
+- gru_bad_output.tflite: gru_a with its SparseGRU output declared [1, 3, 6]
+  (the options give [1, 3, 5]), edited in place so the buffers stay aligned.
+- expected.txt: lines "name v0 v1 ..." with the inputs and the Keras outputs:
+  input / output (the linear models), dynamic_x / dynamic_y (3 rows), and
+  gru_a_x0, gru_a_y0, gru_a_x1, gru_a_y1 and the same for gru_b.
 """
 from __future__ import annotations
 
+import struct
 import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
-from core.keras_env import keras  # noqa: E402
+from core.keras_env import keras, tf  # noqa: E402
 from tflite.convert import convert_model  # noqa: E402
-from tflite.litert_runtime import align_constant_buffers  # noqa: E402
+from tflite.flatbuffer_rewrite import align_constant_buffers  # noqa: E402
+from tflite.ops.sparse_gru_lowering import convert_with_sparse_gru  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CUSTOM_NAME = "EdgepipeTestLinear"
@@ -65,6 +78,57 @@ def with_absent_input(data: bytes) -> bytes:
     return bytes(builder.Output())
 
 
+def with_custom_output_dim(data: bytes, custom: str, dim: int, size: int) -> bytes:
+    """Declare dimension `dim` of the first `custom` op's output 0 as `size`.
+
+    The shape vectors are overwritten where they are, so every other byte (and
+    the 64-byte alignment of the constants) stays as it was.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    out = bytearray(data)
+    model = schema.Model.GetRootAs(out, 0)
+    graph = model.Subgraphs(0)
+    for o in range(graph.OperatorsLength()):
+        op = graph.Operators(o)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        if code.CustomCode() != custom.encode():
+            continue
+        tensor = graph.Tensors(op.Outputs(0))
+        for field in (4, 18):  # Tensor.shape, Tensor.shape_signature
+            offset = tensor._tab.Offset(field)
+            if offset == 0:
+                continue
+            vector = tensor._tab.Vector(offset)
+            assert dim < tensor._tab.VectorLen(offset)
+            struct.pack_into("<i", out, vector + 4 * dim, size)
+        return bytes(out)
+    raise ValueError(f"no {custom} op in the model")
+
+
+def sparse_gru_model(name: str, steps: int, features: int, units: int, return_sequences: bool,
+                     reset_after: bool, seed: int):
+    """A one-GRU Keras model whose weights are 80% zeros (the lowering picks csr)."""
+    inputs = keras.Input((steps, features), batch_size=1, name="x")
+    outputs = keras.layers.GRU(units, return_sequences=return_sequences,
+                               reset_after=reset_after, name=name)(inputs)
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(seed)
+    weights = []
+    for i, weight in enumerate(model.layers[-1].get_weights()):  # kernel, recurrent, bias
+        values = rng.uniform(-0.8, 0.8, weight.shape).astype(np.float32)
+        if i < 2:
+            values[rng.uniform(size=weight.shape) < 0.8] = 0
+        weights.append(values)
+    model.layers[-1].set_weights(weights)
+    return model
+
+
+def line(name: str, values: np.ndarray) -> str:
+    return name + " " + " ".join(f"{v:.9g}" for v in np.asarray(values).ravel())
+
+
 def main() -> None:
     inputs = keras.Input((4,), batch_size=1)
     outputs = keras.layers.Dense(3)(inputs)
@@ -86,10 +150,30 @@ def main() -> None:
     (HERE / "linear_custom_aligned.tflite").write_bytes(aligned)
     (HERE / "linear_custom_absent.tflite").write_bytes(
         align_constant_buffers(with_absent_input(aligned)))
-    lines = [
-        "input " + " ".join(f"{v:.9g}" for v in x.ravel()),
-        "output " + " ".join(f"{v:.9g}" for v in y.ravel()),
-    ]
+    lines = [line("input", x), line("output", y)]
+
+    # The same layer without a fixed batch: its input "x" is [-1, 4].
+    dynamic_in = keras.Input((4,), name="x")
+    dynamic = keras.Model(dynamic_in, keras.layers.Dense(3, name="y")(dynamic_in))
+    dynamic.layers[-1].set_weights([weights, bias])
+    (HERE / "linear_dynamic.tflite").write_bytes(
+        tf.lite.TFLiteConverter.from_keras_model(dynamic).convert())
+    dynamic_x = np.random.default_rng(1).uniform(-2, 2, (3, 4)).astype(np.float32)
+    lines += [line("dynamic_x", dynamic_x), line("dynamic_y", dynamic(dynamic_x).numpy())]
+
+    for name, (steps, features, units, sequences, reset_after) in {
+            "gru_a": (3, 4, 5, True, True), "gru_b": (4, 3, 6, False, False)}.items():
+        gru = sparse_gru_model(name, steps, features, units, sequences, reset_after,
+                               seed=len(lines))
+        data = convert_with_sparse_gru(gru, "float32")
+        (HERE / f"{name}.tflite").write_bytes(data)
+        if name == "gru_a":
+            (HERE / "gru_bad_output.tflite").write_bytes(
+                with_custom_output_dim(data, "SparseGRU", 2, units + 1))
+        rng = np.random.default_rng(len(lines))
+        for i in range(2):
+            gx = rng.uniform(-1, 1, (1, steps, features)).astype(np.float32)
+            lines += [line(f"{name}_x{i}", gx), line(f"{name}_y{i}", gru(gx).numpy())]
     (HERE / "expected.txt").write_text("\n".join(lines) + "\n")
 
 
