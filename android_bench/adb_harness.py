@@ -36,13 +36,15 @@ import adbutils
 from absl import logging
 from adbutils.errors import AdbError, AdbTimeout
 
-from android_bench.runner import (ResultStore, RunSettings, measurement_base,
+from android_bench.runner import (ResultStore, RunSettings, crash_message, measurement_base,
                                   measurement_identity, runner_command)
 from core.errors import UserError
 
 DEVICE_TMP = "/data/local/tmp"
 SYNC_DATA_MAX = 64 * 1024  # the sync protocol's largest DATA chunk
 STDERR_TAIL_LINES = 20
+# A shell reports a command killed by signal N as exit status 128 + N (adbd does too).
+SIGNAL_EXIT_BASE = 128
 
 
 @dataclass(frozen=True)
@@ -192,13 +194,19 @@ class DeviceSession:
         self.run_dir = f"{DEVICE_TMP}/edgepipe-{uuid.uuid4().hex[:12]}"
 
     def shell(self, command: str, timeout: float, what: str) -> adbutils.ShellReturn:
-        """Run `command` (already quoted) with shell_v2, so its exit status comes back."""
+        """Run `command` (already quoted) with shell_v2, so its exit status comes back.
+        Output is decoded here, bad bytes replaced: a runner may print any bytes."""
         try:
-            return self.device.shell2(command, timeout=timeout, v2=True)
+            raw = self.device.shell2(command, timeout=timeout, v2=True, encoding=None)
         except AdbTimeout:
             raise _TimedOut(what, timeout) from None
         except (AdbError, OSError, EOFError) as error:
             raise _Disconnected(f"{what}: {error}") from None
+        return adbutils.ShellReturn(
+            command=raw.command, returncode=raw.returncode,
+            output=raw.output.decode("utf-8", errors="replace"),
+            stdout=raw.stdout.decode("utf-8", errors="replace"),
+            stderr=raw.stderr.decode("utf-8", errors="replace"))
 
     def info(self) -> dict:
         result = self.shell(_INFO_SCRIPT, self.timeouts.command, "reading device info")
@@ -350,6 +358,9 @@ class _DeviceRun:
         json_path = f"{session.run_dir}/result-{threads}.json"
         what = f"{self.runner.name} --num_threads={threads} on {session.serial}"
         result = session.shell(self._command(threads, json_path), session.timeouts.run, what)
+        if SIGNAL_EXIT_BASE < result.returncode <= SIGNAL_EXIT_BASE + 64:
+            crash = crash_message(self.runner, result.returncode - SIGNAL_EXIT_BASE, result.stderr)
+            raise UserError(f"on device {session.serial} (threads={threads}), {crash}")
         if result.returncode != 0:
             tail = "\n".join(result.stderr.strip().splitlines()[-STDERR_TAIL_LINES:])
             raise UserError(f"the runner failed on device {session.serial} (threads={threads}, "
@@ -359,7 +370,7 @@ class _DeviceRun:
             raise UserError(f"the runner exited 0 on device {session.serial} (threads={threads}) "
                             f"but wrote no JSON to {json_path}; check that it accepts --json_output")
         try:
-            runner_json = json.loads(data)
+            runner_json = json.loads(data.decode("utf-8", errors="replace"))
         except json.JSONDecodeError as error:
             raise UserError(f"the runner's JSON from device {session.serial} (threads={threads}) "
                             f"is not valid JSON ({error})") from None

@@ -16,20 +16,32 @@ from pathlib import Path
 from typing import Sequence
 
 from core.errors import UserError
+from core.signals import signal_exit_message
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NATIVE_DIR = REPO_ROOT / ".native"
 RUNNER_SCHEMA_VERSION = 1
+# The line litert_bench writes to stderr once the model is compiled: a crash
+# after it happened while running the model, before it while compiling.
+COMPILED_MARKER = "litert_bench: compiled"
 
 
 @dataclass(frozen=True)
 class RunSettings:
-    """How the runner measures; part of a measurement's identity when resuming."""
+    """How the runner measures; part of a measurement's identity when resuming and
+    recorded with every result. These defaults are the project's benchmark
+    defaults (the config, the CLI and the studies refer to them)."""
 
     warmup_runs: int = 10
+    warmup_min_secs: float = 0.5  # warm up for at least this long too (litert_bench's default)
     num_runs: int = 100
     min_secs: float = 0.0
     affinity: str | None = None  # taskset CPU mask in hex, e.g. "f0" for cores 4-7
+    # Shapes of dynamic inputs in benchmark_model's syntax: names "a,b", shapes
+    # "1,224,224,3:1,20"; empty: every dynamic dimension becomes 1.
+    input_layer: str = ""
+    input_layer_shape: str = ""
+    max_tensor_bytes: int = 0  # cap on the model's activation memory; 0: the runtime's default
     extra_args: tuple[str, ...] = ()  # more runner flags, e.g. ("--max_secs=30",)
 
 
@@ -49,7 +61,7 @@ class ResultStore:
         if not self.path.exists():
             return []
         records = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for line in self.path.read_bytes().decode("utf-8", errors="replace").splitlines():
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
@@ -112,12 +124,41 @@ def litert_library() -> Path:
 
 def runner_command(runner: str, model: str, threads: int, settings: RunSettings,
                    json_output: str) -> list[str]:
-    """argv of one measurement, behind `taskset MASK` when an affinity is set."""
+    """argv of one measurement, behind `taskset MASK` when an affinity is set. Input
+    shapes and the tensor cap are passed only when set, so a runner without those
+    flags still measures models that need neither."""
     argv = [runner, f"--graph={model}", f"--num_threads={threads}",
-            f"--warmup_runs={settings.warmup_runs}", f"--num_runs={settings.num_runs}",
-            f"--min_secs={settings.min_secs}", "--report_peak_memory_footprint=true",
-            f"--json_output={json_output}", *settings.extra_args]
+            f"--warmup_runs={settings.warmup_runs}",
+            f"--warmup_min_secs={settings.warmup_min_secs}", f"--num_runs={settings.num_runs}",
+            f"--min_secs={settings.min_secs}", "--report_peak_memory_footprint=true"]
+    if settings.input_layer:
+        argv += [f"--input_layer={settings.input_layer}",
+                 f"--input_layer_shape={settings.input_layer_shape}"]
+    if settings.max_tensor_bytes:
+        argv.append(f"--max_tensor_bytes={settings.max_tensor_bytes}")
+    argv += [f"--json_output={json_output}", *settings.extra_args]
     return ["taskset", settings.affinity, *argv] if settings.affinity else argv
+
+
+def crash_message(runner: Path, signum: int, stderr: str) -> str:
+    """What the runner was doing when it died on `signum`, from its stderr progress:
+    after the compiled marker it was running the model, before it compiling; for a
+    runner that never writes the marker (an older build) nothing is claimed."""
+    if COMPILED_MARKER in stderr:
+        doing = "while running the model"
+    elif COMPILED_MARKER.encode() in runner.read_bytes():
+        doing = "while compiling the model"
+    else:
+        doing = "on the model"
+    return signal_exit_message("the runner", signum, doing)
+
+
+def failure_line(stderr: str) -> str:
+    """The runner's own error line (RUNNER.md: one line starting `litert_bench: error:`),
+    else its last line of stderr."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("litert_bench: error:")]
+    return (errors or lines or [""])[-1]
 
 
 def parse_runner_json(text: str, where: str) -> dict:
@@ -140,16 +181,21 @@ def run_on_host(runner: Path, model: Path, threads: int, settings: RunSettings,
         output = Path(folder) / "result.json"
         command = runner_command(str(runner), str(model), threads, settings, str(output))
         try:
-            result = subprocess.run(command, capture_output=True, text=True, errors="replace",
-                                    timeout=timeout_s)
+            result = subprocess.run(command, capture_output=True, text=True,
+                                    encoding="utf-8", errors="replace", timeout=timeout_s)
         except subprocess.TimeoutExpired:
             raise UserError(f"host benchmark of {model} did not finish within {timeout_s:.0f} s "
                             f"({shlex.join(command)}).") from None
+        where = f"host benchmark of {model} (threads={threads})"
+        if result.returncode < 0:
+            raise UserError(f"{where}: {crash_message(runner, -result.returncode, result.stderr)}.")
         if result.returncode != 0:
-            message = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
-            raise UserError(f"host benchmark of {model} failed (exit {result.returncode}): "
-                            f"{message}")
-        return parse_runner_json(output.read_text(), f"host benchmark of {model}")
+            raise UserError(f"{where} failed (exit {result.returncode}): "
+                            f"{failure_line(result.stderr)}")
+        if not output.is_file():
+            raise UserError(f"{where}: the runner exited 0 but wrote no JSON to {output}; "
+                            "rebuild it with scripts/setup.sh.")
+        return parse_runner_json(output.read_bytes().decode("utf-8", errors="replace"), where)
 
 
 def benchmark_on_host(model: str | os.PathLike, *, results_path: str | os.PathLike,
@@ -186,6 +232,7 @@ def to_benchmark_record(measurement: dict) -> dict:
 
     return {
         "target": measurement["target"], "threads": measurement["threads"],
+        "settings": measurement["settings"],
         "runs": steady["count"],
         "init_ms": ms(document["init"]["total_us"]),
         "first_ms": ms(document["first_inference_us"]),

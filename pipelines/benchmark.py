@@ -13,13 +13,19 @@ from android_bench.runner import (RunSettings, benchmark_on_host, litert_library
                                   runner_binary, to_benchmark_record)
 from core.errors import UserError
 from pipelines.config import BenchmarkConfig
+from tflite.runner_io import parse_input_layers
 
 STAT_FIELDS = ("init_ms", "first_ms", "mean_ms", "std_ms", "p50_ms", "p90_ms", "p99_ms")
 
 
 def run_settings(settings: BenchmarkConfig) -> RunSettings:
-    return RunSettings(warmup_runs=settings.warmup_runs, num_runs=settings.num_runs,
-                       min_secs=settings.min_secs, affinity=settings.affinity)
+    """Everything of the config that shapes a measurement (and is recorded with it)."""
+    return RunSettings(warmup_runs=settings.warmup_runs,
+                       warmup_min_secs=settings.warmup_min_secs, num_runs=settings.num_runs,
+                       min_secs=settings.min_secs, affinity=settings.affinity,
+                       input_layer=settings.input_layer,
+                       input_layer_shape=settings.input_layer_shape,
+                       max_tensor_bytes=settings.max_tensor_bytes)
 
 
 def _device_files(settings: BenchmarkConfig) -> tuple[Path, list[Path]]:
@@ -48,14 +54,21 @@ def measure(target: str, model_path: Path, settings: BenchmarkConfig, journal: P
     return [to_benchmark_record(m) for m in measurements]
 
 
-def check_run_counts(warmup_runs: int, num_runs: int, min_secs: float) -> None:
+def check_run_settings(settings: RunSettings) -> None:
     """Refuse what the runner would refuse, before anything is trained or converted."""
-    if warmup_runs < 0:
-        raise UserError(f"warmup_runs must be 0 or more, got {warmup_runs}.")
-    if num_runs < 1:
-        raise UserError(f"num_runs must be at least 1, got {num_runs}.")
-    if min_secs < 0:
-        raise UserError(f"min_secs must be 0 or more seconds, got {min_secs}.")
+    if settings.warmup_runs < 0:
+        raise UserError(f"warmup_runs must be 0 or more, got {settings.warmup_runs}.")
+    if settings.warmup_min_secs < 0:
+        raise UserError(f"warmup_min_secs must be 0 or more seconds, got "
+                        f"{settings.warmup_min_secs}.")
+    if settings.num_runs < 1:
+        raise UserError(f"num_runs must be at least 1, got {settings.num_runs}.")
+    if settings.min_secs < 0:
+        raise UserError(f"min_secs must be 0 or more seconds, got {settings.min_secs}.")
+    if settings.max_tensor_bytes < 0:
+        raise UserError(f"max_tensor_bytes must be 0 (the runtime's default) or a byte count, "
+                        f"got {settings.max_tensor_bytes}.")
+    parse_input_layers(settings.input_layer, settings.input_layer_shape)
 
 
 def check_benchmark(settings: BenchmarkConfig) -> None:
@@ -69,4 +82,4 @@ def check_benchmark(settings: BenchmarkConfig) -> None:
     if not settings.threads or min(settings.threads) < 1:
         raise UserError(f"benchmark.threads must list thread counts of at least 1, got "
                         f"{settings.threads}.")
-    check_run_counts(settings.warmup_runs, settings.num_runs, settings.min_secs)
+    check_run_settings(run_settings(settings))

@@ -12,10 +12,15 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
+from android_bench.runner import RunSettings
 from core.errors import UserError
 
 FLAGS = flags.FLAGS
 PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
+# bench-ops deliberately warms up by count only: it makes dozens of runner calls
+# (models x threads x rounds, alternating), and a time floor on each would add
+# minutes that the alternating rounds already make unnecessary.
+BENCH_OPS_WARMUP_MIN_SECS = 0.0
 
 # run
 flags.DEFINE_string("config", None, "YAML run config (default: pipelines/configs/default.yaml).")
@@ -37,9 +42,24 @@ flags.DEFINE_list("target", ["host"], "bench: host, device serials (as `adb devi
                   "them) or all (every connected device).")
 flags.DEFINE_string("affinity", None, "bench: taskset CPU mask in hex for the runner, e.g. f0.")
 flags.DEFINE_list("threads", ["1"], "bench/run/bench-ops: thread counts, e.g. 1,2,4.")
-flags.DEFINE_integer("warmup_runs", 5, "bench: untimed runs before measuring.")
-flags.DEFINE_integer("num_runs", 50, "bench: timed runs (at least).")
-flags.DEFINE_float("min_secs", 0.0, "bench: keep running until this many seconds have passed.")
+# Defaults: RunSettings (android_bench/runner.py), the project's one set of them.
+flags.DEFINE_integer("warmup_runs", RunSettings.warmup_runs,
+                     "bench/bench-ops: untimed runs before measuring.")
+flags.DEFINE_float("warmup_min_secs", RunSettings.warmup_min_secs,
+                   "bench: warm up for at least this many seconds too (bench-ops: "
+                   f"{BENCH_OPS_WARMUP_MIN_SECS:g} unless given).")
+flags.DEFINE_integer("num_runs", RunSettings.num_runs, "bench/bench-ops: timed runs (at least).")
+flags.DEFINE_float("min_secs", RunSettings.min_secs,
+                   "bench/bench-ops: keep running until this many seconds have passed.")
+flags.DEFINE_string("input_layer", RunSettings.input_layer,
+                    "bench: names of the inputs whose dynamic shapes --input_layer_shape "
+                    "chooses, comma-separated (benchmark_model's syntax), e.g. a,b.")
+flags.DEFINE_string("input_layer_shape", RunSettings.input_layer_shape,
+                    "bench: one shape per --input_layer name, separated by ':', e.g. "
+                    "1,224,224,3:1,20; dynamic dimensions not chosen become 1.")
+flags.DEFINE_integer("max_tensor_bytes", RunSettings.max_tensor_bytes,
+                     "bench: cap on the model's activation memory in bytes (0: the runtime's "
+                     "default).")
 flags.DEFINE_string("json_output", None, "bench/bench-ops: also write the results as JSON to "
                     "this file.")
 # bench-ops
@@ -130,8 +150,12 @@ def command_bench(args: list[str]) -> None:
     if not path.is_file():
         raise UserError(f"--model {FLAGS.model!r} does not exist.")
     settings = BenchmarkConfig(targets=FLAGS.target, threads=_ints(FLAGS.threads, "threads"),
-                               warmup_runs=FLAGS.warmup_runs, num_runs=FLAGS.num_runs,
-                               min_secs=FLAGS.min_secs, affinity=FLAGS.affinity)
+                               warmup_runs=FLAGS.warmup_runs,
+                               warmup_min_secs=FLAGS.warmup_min_secs, num_runs=FLAGS.num_runs,
+                               min_secs=FLAGS.min_secs, affinity=FLAGS.affinity,
+                               input_layer=FLAGS.input_layer,
+                               input_layer_shape=FLAGS.input_layer_shape,
+                               max_tensor_bytes=FLAGS.max_tensor_bytes)
     check_benchmark(settings)
     if FLAGS.json_output:
         atomic.check_writable(FLAGS.json_output, "--json_output")
@@ -148,10 +172,9 @@ def command_bench(args: list[str]) -> None:
 
 
 def command_bench_ops(args: list[str]) -> None:
-    from android_bench.runner import RunSettings
     from core import atomic
-    from pipelines.bench_ops import bench_op, format_table
-    from pipelines.benchmark import check_run_counts
+    from pipelines.benchmark import check_run_settings
+    from pipelines.benchmarks.bench_ops import bench_op, format_table
 
     try:
         sparsities = [float(s) for s in FLAGS.sparsities]
@@ -164,11 +187,13 @@ def command_bench_ops(args: list[str]) -> None:
         raise UserError(f"--rounds must be at least 1, got {FLAGS.rounds}.")
     if FLAGS.steps < 1:
         raise UserError(f"--steps must be at least 1, got {FLAGS.steps}.")
-    check_run_counts(FLAGS.warmup_runs, FLAGS.num_runs, FLAGS.min_secs)
+    warmup_min_secs = (FLAGS.warmup_min_secs if FLAGS["warmup_min_secs"].present
+                       else BENCH_OPS_WARMUP_MIN_SECS)
+    settings = RunSettings(warmup_runs=FLAGS.warmup_runs, warmup_min_secs=warmup_min_secs,
+                           num_runs=FLAGS.num_runs, min_secs=FLAGS.min_secs)
+    check_run_settings(settings)
     if FLAGS.json_output:
         atomic.check_writable(FLAGS.json_output, "--json_output")
-    settings = RunSettings(warmup_runs=FLAGS.warmup_runs, num_runs=FLAGS.num_runs,
-                           min_secs=FLAGS.min_secs, extra_args=("--warmup_min_secs=0",))
 
     def save(rows: list[dict]) -> None:
         """Each layer size's rows as soon as they are measured: nothing finished is lost."""

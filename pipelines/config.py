@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from android_bench.runner import RunSettings
 from core.errors import UserError
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
@@ -101,14 +102,20 @@ class ModelConfig:
 @dataclass
 class BenchmarkConfig:
     """Targets are "host", device serials (as `adb devices` lists them) or "all"
-    devices; every target runs the native runner for each thread count."""
+    devices; every target runs the native runner for each thread count. How it
+    measures defaults to RunSettings' defaults, the project's one set of them."""
 
     targets: list[str] = field(default_factory=lambda: ["host"])
     threads: list[int] = field(default_factory=lambda: [1])
-    warmup_runs: int = 5
-    num_runs: int = 50
-    min_secs: float = 0.0
-    affinity: str | None = None  # taskset CPU mask in hex, e.g. "f0"
+    warmup_runs: int = RunSettings.warmup_runs
+    warmup_min_secs: float = RunSettings.warmup_min_secs
+    num_runs: int = RunSettings.num_runs
+    min_secs: float = RunSettings.min_secs
+    affinity: str | None = RunSettings.affinity  # taskset CPU mask in hex, e.g. "f0"
+    # Shapes of dynamic inputs, benchmark_model's syntax ("a,b" and "1,224,224,3:1,20").
+    input_layer: str = RunSettings.input_layer
+    input_layer_shape: str = RunSettings.input_layer_shape
+    max_tensor_bytes: int = RunSettings.max_tensor_bytes  # 0: the runtime's default
     device_runner: str | None = None  # default: the host build in .native/
     device_libraries: list[str] = field(default_factory=list)  # default: the wheel's libLiteRt.so
 

@@ -7,8 +7,8 @@ import numpy as np
 
 from core.errors import UserError
 from tflite.inspect import inspect_model
-from tflite.litert_runtime import LiteRtRunner
-from tflite.runtime import TfliteRunner
+from tflite.interpreter import TfliteRunner
+from tflite.runtime.binding import LiteRtRunner
 
 
 class ValidationFailed(UserError):
@@ -33,7 +33,9 @@ def validate_variant(tflite_path: Path, keras_outputs: np.ndarray, x_test: np.nd
     registers our custom ops) and compare it with the Keras outputs.
 
     A model without custom ops also runs on the ai_edge_litert Interpreter as a
-    cross-check of the runtime itself: `interpreter_max_abs_diff`.
+    cross-check of the runtime itself: `interpreter_max_abs_diff`. Both run in this
+    process: every model validated here was converted by the pipeline (no .tflite
+    from elsewhere enters a run), so tflite.runtime.isolated's worker is not needed.
     """
     outputs = LiteRtRunner(tflite_path).predict(x_test)
     if outputs.shape != keras_outputs.shape:

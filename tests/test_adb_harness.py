@@ -17,15 +17,19 @@ RUNNER_C = r"""
 #include <string.h>
 #include <unistd.h>
 int main(int argc, char **argv) {
-  const char *graph = "", *out = NULL; int threads = 0, fail = 0, no_json = 0;
+  const char *graph = "", *out = NULL; int threads = 0, fail = 0, no_json = 0, not_utf8 = 0;
   for (int i = 1; i < argc; i++) {
     if (!strncmp(argv[i], "--graph=", 8)) graph = argv[i] + 8;
     else if (!strncmp(argv[i], "--json_output=", 14)) out = argv[i] + 14;
     else if (!strncmp(argv[i], "--num_threads=", 14)) threads = atoi(argv[i] + 14);
     else if (!strncmp(argv[i], "--fail_with=", 12)) fail = atoi(argv[i] + 12);
     else if (!strcmp(argv[i], "--no_json")) no_json = 1;
+    else if (!strcmp(argv[i], "--not_utf8")) not_utf8 = 1;
   }
-  if (fail) { fprintf(stderr, "loading model\nfatal: asked to fail\n"); return fail; }
+  if (fail) {
+    fprintf(stderr, "loading model%s\nfatal: asked to fail\n", not_utf8 ? " \xff\xfe" : "");
+    return fail;
+  }
   if (no_json) return 0;
   FILE *g = fopen(graph, "rb");
   if (!g) { fprintf(stderr, "cannot open %s\n", graph); return 1; }
@@ -33,8 +37,9 @@ int main(int argc, char **argv) {
   char lib[4096]; snprintf(lib, sizeof lib, "%s/libLiteRt.so", getenv("LD_LIBRARY_PATH"));
   FILE *f = fopen(out, "w");
   if (!f) return 1;
-  fprintf(f, "{\"num_threads\": %d, \"model_size_bytes\": %ld, \"library_found\": %s}\n",
-          threads, size, access(lib, R_OK) == 0 ? "true" : "false");
+  fprintf(f, "{\"num_threads\": %d, \"model_size_bytes\": %ld, \"library_found\": %s%s}\n",
+          threads, size, access(lib, R_OK) == 0 ? "true" : "false",
+          not_utf8 ? ", \"note\": \"\xff\"" : "");
   return fclose(f) != 0;
 }
 """
@@ -134,6 +139,15 @@ def test_runner_failure_shows_stderr_tail(adb_server, adb_device, files):
     assert list(adb_device.tmp.iterdir()) == []
 
 
+def test_runner_output_that_is_not_utf8_is_read_with_replacements(adb_server, adb_device, files):
+    (record,) = benchmark_on_devices(**files, settings=RunSettings(extra_args=("--not_utf8",)),
+                                     timeouts=FAST)
+    assert record["runner"]["note"] == "\ufffd"
+    with pytest.raises(UserError, match="loading model \ufffd\ufffd\nfatal: asked to fail"):
+        benchmark_on_devices(**files, timeouts=FAST,
+                             settings=RunSettings(extra_args=("--not_utf8", "--fail_with=3")))
+
+
 def test_runner_without_json(adb_server, adb_device, files):
     with pytest.raises(UserError, match="wrote no JSON"):
         benchmark_on_devices(**files, settings=RunSettings(extra_args=("--no_json",)),
@@ -188,8 +202,8 @@ def test_real_runner_on_emulated_device(adb_server, adb_device, tmp_path, tiny_t
 
     model = tmp_path / "tiny model.tflite"
     model.write_bytes(tiny_tflite_bytes)
-    settings = RunSettings(warmup_runs=1, num_runs=5, min_secs=0,
-                           extra_args=("--warmup_min_secs=0", "--max_secs=30"))
+    settings = RunSettings(warmup_runs=1, warmup_min_secs=0, num_runs=5, min_secs=0,
+                           extra_args=("--max_secs=30",))
     results = benchmark_on_devices(
         model, NATIVE_RUNNER, libraries=[Path(ai_edge_litert.__file__).parent / "libLiteRt.so"],
         results_path=tmp_path / "results.jsonl", threads=(1, 2), settings=settings, timeouts=FAST)

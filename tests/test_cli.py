@@ -1,9 +1,12 @@
 """The `edgepipe` command's user mistakes: one clear line, exit 1, nothing written."""
+import dataclasses
 import json
 import subprocess
 import sys
 
 import pytest
+
+from android_bench.runner import RunSettings
 
 
 def edgepipe(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -37,6 +40,19 @@ def test_unknown_command_prints_usage():
     (["bench", "--model", __file__, "--warmup_runs", "-1"], "warmup_runs must be 0 or more"),
     (["bench-ops", "--min_secs", "-2"], "min_secs must be 0 or more seconds, got -2.0"),
     (["bench-ops", "--steps", "0"], "--steps must be at least 1, got 0"),
+    (["bench", "--model", __file__, "--warmup_min_secs", "-1"],
+     "warmup_min_secs must be 0 or more seconds, got -1.0"),
+    (["bench", "--model", __file__, "--max_tensor_bytes", "-1"],
+     "max_tensor_bytes must be 0 (the runtime's default) or a byte count, got -1"),
+    (["bench", "--model", __file__, "--input_layer", "x"],
+     "input_layer is set but input_layer_shape is not: give both, one shape per input name"),
+    (["bench", "--model", __file__, "--input_layer", "x", "--input_layer_shape", "1,four"],
+     "input_layer_shape '1,four': each shape is comma-separated integers of at least 1, "
+     "shapes are separated by ':'"),
+    (["bench", "--model", __file__, "--input_layer", "a,b", "--input_layer_shape", "1,4"],
+     "input_layer names 2 input(s) (a, b) but input_layer_shape gives 1 shape(s)"),
+    (["run", "--set", "benchmark.input_layer_shape=1,4"],
+     "input_layer_shape is set but input_layer is not"),
 ])
 def test_user_mistakes(args, message, tmp_path):
     result = edgepipe(*args, "--output_dir", str(tmp_path / "out")) if args[0] == "run" \
@@ -63,6 +79,9 @@ def test_inspect_and_bench_a_real_model(tmp_path, tiny_tflite_bytes):
     assert "| host |" in bench.stdout and "| tiny | tiny.tflite | 2 |" in bench.stdout
     rows = json.loads(out.read_text())["benchmarks"]
     assert [r["threads"] for r in rows] == [1, 2] and all(r["mean_ms"] > 0 for r in rows)
+    # Every setting that shaped the numbers is recorded with them, defaults included.
+    recorded = {**dataclasses.asdict(RunSettings(num_runs=5)), "extra_args": []}
+    assert all(r["settings"] == recorded for r in rows)
 
 
 def test_summary_reports_mobilenet_cost():
@@ -122,7 +141,7 @@ def test_unwritable_outputs_are_refused_before_any_work(tmp_path):
 def test_bench_ops_hands_on_each_layer_size_as_it_finishes():
     """What the CLI saves after each size: an interrupted benchmark keeps the sizes done."""
     from android_bench.runner import RunSettings
-    from pipelines.bench_ops import bench_op
+    from pipelines.benchmarks.bench_ops import bench_op
 
     snapshots = []
     rows = bench_op("sparse_gru", [8, 12], [0.9], steps=3, threads=[1],

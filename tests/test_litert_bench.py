@@ -10,7 +10,7 @@ from core.keras_env import keras
 from models.gru import gru_classifier
 from models.mobilenet import mobilenet_v1
 from tflite.convert import convert_model
-from tflite.litert_runtime import REPO_ROOT
+from tflite.runtime.binding import REPO_ROOT
 
 RUNNER = REPO_ROOT / ".native" / "litert_bench"
 FAST = ["--num_runs=5", "--min_secs=0", "--warmup_runs=2", "--warmup_min_secs=0"]

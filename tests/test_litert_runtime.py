@@ -1,7 +1,6 @@
 """edgepipe's native LiteRT runtime (ctypes over libedgepipe_runtime.so) against
 the ai_edge_litert Interpreter, on models made by the project's converter."""
 import re
-import shutil
 import subprocess
 
 import flatbuffers
@@ -11,14 +10,15 @@ from ai_edge_litert import schema_py_generated as schema
 
 from core.errors import UserError
 from core.keras_env import keras
-from fixtures.fuzzing import REPO, run_libfuzzer
-from tflite import litert_runtime
+from fixtures.fuzzing import MODEL_CHECKS_SOURCES, REPO, generate_model_schema, run_libfuzzer
 from tflite.convert import convert_model
-from tflite.litert_runtime import LiteRtRunner, align_constant_buffers
+from tflite.flatbuffer_rewrite import align_constant_buffers
+from tflite.interpreter import TfliteRunner
 from tflite.ops.sparse_gru_lowering import convert_with_sparse_gru
-from tflite.runtime import TfliteRunner
+from tflite.runtime import binding
+from tflite.runtime.binding import LiteRtRunner
 
-SCAN_FUZZ_SECONDS = 20
+MODEL_CHECKS_FUZZ_RUNS = 300000
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +84,13 @@ def test_garbage_is_refused(tmp_path):
 
 
 def test_missing_library_says_how_to_build(monkeypatch, tmp_path, tiny_tflite_bytes):
-    monkeypatch.setattr(litert_runtime, "_library", None)
+    monkeypatch.setattr(binding, "_library", None)
     monkeypatch.setenv("EDGEPIPE_RUNTIME_LIB", str(tmp_path / "none.so"))
     with pytest.raises(UserError, match="not built.*scripts/setup.sh.*bazel build"):
         LiteRtRunner(tiny_tflite_bytes)
 
 
-# ---- operators LiteRT's C API hides (android_bench/tflite_flatbuffer_scan.cc) ----
+# ---- operators LiteRT's C API hides (tflite/runtime/model_checks.cc) ----
 
 @pytest.fixture(scope="module")
 def sparse_gru_model() -> bytes:
@@ -188,12 +188,12 @@ def test_truncated_sparse_gru_model_is_refused(sparse_gru_model):
             LiteRtRunner(sparse_gru_model[:cut])
 
 
-@pytest.mark.skipif(shutil.which("clang++") is None,
-                    reason="clang++ missing: scripts/setup.sh installs it")
-def test_fuzz_flatbuffer_scan(tmp_path, sparse_gru_model):
-    """libFuzzer with AddressSanitizer and UBSan for a bounded time: no finding."""
-    bench = REPO / "android_bench"
-    seeds = [path.read_bytes() for path in sorted((bench / "testdata").glob("*.tflite"))]
-    seeds.append(sparse_gru_model)
-    run_libfuzzer([bench / "tflite_flatbuffer_scan_fuzz.cc", bench / "tflite_flatbuffer_scan.cc"],
-                  seeds, tmp_path, SCAN_FUZZ_SECONDS, max_len=max(map(len, seeds)))
+def test_fuzz_model_checks(tmp_path, sparse_gru_model, int8_model):
+    """libFuzzer with AddressSanitizer and UBSan, a fixed number of seeded runs: no
+    finding."""
+    runtime = REPO / "tflite" / "runtime"
+    seeds = [path.read_bytes() for path in sorted((runtime / "testdata").glob("*.tflite"))]
+    seeds += [sparse_gru_model, int8_model]
+    run_libfuzzer([runtime / "model_checks_fuzz.cc", *MODEL_CHECKS_SOURCES], seeds, tmp_path,
+                  runs=MODEL_CHECKS_FUZZ_RUNS, max_len=max(map(len, seeds)),
+                  include_dirs=(generate_model_schema(tmp_path),))

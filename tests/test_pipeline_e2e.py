@@ -1,4 +1,5 @@
 """The whole pipeline through the `edgepipe` command on a small config, twice."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -6,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from android_bench.runner import RunSettings
 from pipelines.benchmark import STAT_FIELDS
 from pipelines.report import SCHEMA_VERSION
 
 TINY = Path(__file__).parent / "data" / "tiny.yaml"
 VARIANT_FIELDS = {"model", "name", "path", "file_bytes", "gzip_bytes", "sparsity", "accuracy",
                   "keras_accuracy", "max_abs_error", "top1_agreement", "benchmarks"}
-BENCHMARK_FIELDS = {"target", "threads", *STAT_FIELDS}
+BENCHMARK_FIELDS = {"target", "threads", "settings", *STAT_FIELDS}
 
 
 def edgepipe(*args: str) -> subprocess.CompletedProcess:
@@ -45,6 +47,9 @@ def test_results_json_schema(run_dir):
         for bench in variant["benchmarks"]:
             assert BENCHMARK_FIELDS <= set(bench)
             assert 0 < bench["p50_ms"] <= bench["p99_ms"]
+            # tiny.yaml's warmup_runs and num_runs, RunSettings' defaults for the rest
+            assert bench["settings"] == {**dataclasses.asdict(
+                RunSettings(warmup_runs=1, num_runs=5)), "extra_args": []}
     for model in results["models"]:
         assert model["params"] > 0 and model["mult_adds"] > 0
 

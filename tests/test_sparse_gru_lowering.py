@@ -11,10 +11,11 @@ from flatbuffers import flexbuffers
 from core.errors import UserError
 from core.keras_env import keras
 from pipelines.pruning import layer_sparsity
+from tflite.flatbuffer_rewrite import ALIGNMENT
 from tflite.inspect import inspect_model
-from tflite.litert_runtime import ALIGNMENT, LiteRtRunner
 from tflite.ops.sparse_gru_lowering import (CSR_MAX_DENSITY, convert_with_sparse_gru,
                                             lower_sparse_gru)
+from tflite.runtime.binding import LiteRtRunner
 
 # int8 weights per row: each stored weight is off by at most max|row| / 254. On these
 # layers (Glorot/orthogonal weights, 8-16 units, 6 steps) that moves outputs by
@@ -226,7 +227,7 @@ def _runner(data: bytes) -> LiteRtRunner:
     except UserError as exc:
         if "SparseGRU" in str(exc) and "has no kernel" in str(exc):
             pytest.skip("the SparseGRU kernel is not registered in edgepipe's runtime "
-                        "(ProjectKernels() in android_bench/litert_runtime.cc)")
+                        "(ProjectKernels() in tflite/ops/registry.cc)")
         raise
 
 

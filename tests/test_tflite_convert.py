@@ -6,7 +6,7 @@ from core.errors import UserError
 from core.keras_env import keras
 from tflite.convert import QUANTIZATIONS, convert_model
 from tflite.inspect import inspect_model
-from tflite.runtime import TfliteRunner
+from tflite.interpreter import TfliteRunner
 
 RNG = np.random.default_rng(0)
 

@@ -1,11 +1,12 @@
-"""Python runtime: batching and padding, int8 I/O, timing helpers, user errors."""
+"""The ai_edge_litert Interpreter runner (tflite/interpreter.py): batching and padding,
+int8 I/O, timing helpers, user errors."""
 import numpy as np
 import pytest
 
 from core.errors import UserError
 from core.keras_env import keras
 from tflite.convert import convert_model
-from tflite.runtime import TfliteRunner
+from tflite.interpreter import TfliteRunner
 
 RNG = np.random.default_rng(2)
 

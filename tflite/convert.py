@@ -78,7 +78,7 @@ def _prepare_error(flatbuffer: bytes) -> str | None:
 
 def _convert(model: keras.Model, quantization: str, representative_data: np.ndarray | None,
              sparse: bool, batch_size: int) -> bytes:
-    input_spec = _input_spec(model, batch_size)
+    input_spec = fixed_batch_spec(model, batch_size)
     if quantization == "int8" and representative_data is not None:
         model = _unrolled(model)
     concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(input_spec)
@@ -103,9 +103,10 @@ def _convert(model: keras.Model, quantization: str, representative_data: np.ndar
         return bytes(converter.convert())
     except Exception as exc:  # the converter raises several unrelated types
         raise UserError(
-            f"converting {model.name!r} to TFLite ({quantization}) failed: {_key_line(exc)}. "
-            "Try quantization 'none' or 'dynamic_range' to see whether the float model converts, "
-            "and check that every layer is a builtin TFLite op (no Select TF ops are enabled)"
+            f"converting {model.name!r} to TFLite ({quantization}) failed: "
+            f"{converter_error_line(exc)}. Try quantization 'none' or 'dynamic_range' to see "
+            "whether the float model converts, and check that every layer is a builtin TFLite "
+            "op (no Select TF ops are enabled)"
         ) from None
 
 
@@ -147,7 +148,8 @@ def _unrolled(model: keras.Model) -> keras.Model:
     return clone
 
 
-def _input_spec(model: keras.Model, batch_size: int) -> tf.TensorSpec:
+def fixed_batch_spec(model: keras.Model, batch_size: int) -> tf.TensorSpec:
+    """The input signature every conversion traces: the model's input at `batch_size`."""
     shape = model.inputs[0].shape
     if any(dim is None for dim in shape[1:]):
         raise UserError(
@@ -195,7 +197,7 @@ def _representative_samples(data: np.ndarray, spec: tf.TensorSpec) -> np.ndarray
     return data[:MAX_REPRESENTATIVE_SAMPLES].astype(spec.dtype.as_numpy_dtype)
 
 
-def _key_line(exc: Exception) -> str:
+def converter_error_line(exc: Exception) -> str:
     """The most telling line of a converter error (they are often pages long)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     for line in lines:

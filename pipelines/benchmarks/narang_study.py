@@ -7,7 +7,7 @@ claim: gradual wins); and a larger layer pruned with the schedule against a dens
 layer with as many non-zero weights (their claim: the large sparse model wins).
 Prints a table; `--json_output` also writes the rows.
 
-    .venv/bin/python -m pipelines.narang_study --json_output narang.json
+    .venv/bin/python -m pipelines.benchmarks.narang_study --json_output narang.json
 """
 from __future__ import annotations
 

@@ -3,17 +3,18 @@
 Both run the same one-op model; the loop times only the run call, so the
 difference is the Python-to-native cost. Prints one line per runtime.
 
-    .venv/bin/python -m android_bench.runtime_overhead
+    .venv/bin/python -m pipelines.benchmarks.runtime_overhead
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from tflite.litert_runtime import LiteRtRunner
-from tflite.runtime import TfliteRunner
+from tflite.interpreter import TfliteRunner
+from tflite.runtime.binding import LiteRtRunner
 
-MODEL = Path(__file__).parent / "testdata" / "linear_float.tflite"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MODEL = REPO_ROOT / "tflite" / "runtime" / "testdata" / "linear_float.tflite"
 CALLS = 20_000
 
 

@@ -22,8 +22,8 @@ from flatbuffers import flexbuffers
 
 from core.errors import UserError
 from core.keras_env import keras, tf
-from tflite.convert import _input_spec, _key_line
-from tflite.litert_runtime import align_constant_buffers
+from tflite.convert import converter_error_line, fixed_batch_spec
+from tflite.flatbuffer_rewrite import align_constant_buffers
 
 CUSTOM_CODE = "SparseGRU"
 FORMAT_VERSION = 1
@@ -166,7 +166,7 @@ class _GruStandIn(keras.layers.Layer):
 
 
 def _convert_stand_ins(model: keras.Model, quantization_of_rest: str, batch_size: int) -> bytes:
-    spec = _input_spec(model, batch_size)
+    spec = fixed_batch_spec(model, batch_size)
     concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -177,8 +177,9 @@ def _convert_stand_ins(model: keras.Model, quantization_of_rest: str, batch_size
         return bytes(converter.convert())
     except Exception as exc:  # the converter raises several unrelated types
         raise UserError(
-            f"converting {model.name!r} with SparseGRU stand-ins failed: {_key_line(exc)}. "
-            "Check that every other layer converts to builtin TFLite ops") from None
+            f"converting {model.name!r} with SparseGRU stand-ins failed: "
+            f"{converter_error_line(exc)}. Check that every other layer converts to builtin "
+            "TFLite ops") from None
 
 
 # -- weights in the contract's format ------------------------------------------------

@@ -1,15 +1,18 @@
 """Run .tflite models through edgepipe's native runtime over the LiteRT C API.
 
-`LiteRtRunner` offers the members of `tflite.runtime.TfliteRunner` (the
-`ModelRunner` protocol): validation and the host benchmark can use either. It
-calls `libedgepipe_runtime.so` (android_bench/edgepipe_runtime.h) through
-ctypes; unlike the ai_edge_litert Interpreter, that runtime registers
+`LiteRtRunner` offers the members of `tflite.interpreter.TfliteRunner` (the
+`tflite.runner_io.ModelRunner` protocol): validation and the host benchmark can
+use either. It calls `libedgepipe_runtime.so` (tflite/runtime/edgepipe_runtime.h)
+through ctypes; unlike the ai_edge_litert Interpreter, that runtime registers
 edgepipe's custom op kernels and refuses, before compiling, a model whose
 custom ops it cannot run. Input and output arrays are views of the runtime's
 own 64-byte aligned memory, so a call costs one ctypes round trip.
 
+The runtime runs in this process: LiteRT itself can crash (SIGSEGV) on a damaged
+model, so models edgepipe did not make run in `tflite.runtime.isolated`.
+
 The library is built by scripts/setup.sh (`bazel build
-//android_bench:libedgepipe_runtime.so`) and copied to <repo>/.native/;
+//tflite/runtime:libedgepipe_runtime.so`) and copied to <repo>/.native/;
 EDGEPIPE_RUNTIME_LIB overrides the path.
 """
 from __future__ import annotations
@@ -17,19 +20,22 @@ from __future__ import annotations
 import ctypes
 import os
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from core.errors import UserError
-from tflite.runtime import _load, example_input, predict_batched
+from tflite.runner_io import (example_input, input_layer_strings, load_model, model_label,
+                              predict_batched)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_LIBRARY = REPO_ROOT / ".native" / "libedgepipe_runtime.so"
-ALIGNMENT = 64
+ACCELERATORS = {"cpu": 0, "gpu": 1}
 _ERROR_BYTES = 4096
 _MAX_RANK = 8
+_UINT64_MAX = (1 << 64) - 1
 
 # LiteRT/TFLite element type numbers -> numpy dtypes.
 _DTYPES = {
@@ -41,7 +47,8 @@ _library: ctypes.CDLL | None = None
 
 
 def library_path() -> Path:
-    return Path(os.environ.get("EDGEPIPE_RUNTIME_LIB", str(DEFAULT_LIBRARY)))
+    """EDGEPIPE_RUNTIME_LIB when set (and not empty), else the setup's build."""
+    return Path(os.environ.get("EDGEPIPE_RUNTIME_LIB") or DEFAULT_LIBRARY)
 
 
 def load_library() -> ctypes.CDLL:
@@ -54,7 +61,7 @@ def load_library() -> ctypes.CDLL:
         raise UserError(
             f"edgepipe's native LiteRT runtime is not built: {path} is missing; run "
             "scripts/setup.sh (or `make setup`), which builds it with "
-            "`bazel build //android_bench:libedgepipe_runtime.so` and copies it there"
+            "`bazel build //tflite/runtime:libedgepipe_runtime.so` and copies it there"
         )
     try:
         lib = ctypes.CDLL(str(path))
@@ -62,8 +69,10 @@ def load_library() -> ctypes.CDLL:
         raise UserError(f"cannot load {path}: {exc}; rebuild it with scripts/setup.sh") from None
     size_t, c_int, ptr = ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p
     lib.edgepipe_runtime_open.restype = ptr
-    lib.edgepipe_runtime_open.argtypes = [ctypes.c_char_p, ctypes.c_char_p, size_t, c_int,
-                                          c_int, ctypes.c_char_p, size_t]
+    lib.edgepipe_runtime_open.argtypes = [
+        ctypes.c_char_p, ctypes.c_char_p, size_t, c_int, c_int,  # path, data, size, threads, accel
+        ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint64,       # input_layer(_shape), max bytes
+        ctypes.c_char_p, size_t]
     lib.edgepipe_runtime_close.restype = None
     lib.edgepipe_runtime_close.argtypes = [ptr]
     lib.edgepipe_runtime_num_tensors.restype = c_int
@@ -85,16 +94,28 @@ class LiteRtRunner:
     """A single-input, single-output .tflite model on edgepipe's native runtime."""
 
     def __init__(self, model: str | os.PathLike | bytes, num_threads: int = 1,
-                 accelerator: str = "cpu") -> None:
-        if accelerator not in ("cpu", "gpu"):
+                 accelerator: str = "cpu",
+                 input_shapes: Mapping[str, Sequence[int]] | None = None,
+                 max_tensor_bytes: int = 0) -> None:
+        """`input_shapes` chooses the shapes of dynamic inputs by name (every other
+        dynamic dimension, such as the batch of a model converted with
+        `from_keras_model`, becomes 1); `max_tensor_bytes` caps the model's
+        activation memory (0: the runtime's default)."""
+        if accelerator not in ACCELERATORS:
             raise UserError(f"accelerator must be 'cpu' or 'gpu', not {accelerator!r}")
+        if not 0 <= max_tensor_bytes <= _UINT64_MAX:
+            raise UserError(f"max_tensor_bytes must be 0 (the runtime's default) or a positive "
+                            f"byte count, got {max_tensor_bytes}")
+        input_layer, input_layer_shape = input_layer_strings(input_shapes)
         lib = load_library()
-        content = _load(model)
-        self._label = "<bytes>" if isinstance(model, (bytes, bytearray)) else str(model)
+        content = load_model(model)
+        self._label = model_label(model)
         self._lib = lib
         err = ctypes.create_string_buffer(_ERROR_BYTES)
         handle = lib.edgepipe_runtime_open(None, content, len(content), int(num_threads),
-                                           1 if accelerator == "gpu" else 0, err, _ERROR_BYTES)
+                                           ACCELERATORS[accelerator], input_layer.encode(),
+                                           input_layer_shape.encode(), int(max_tensor_bytes),
+                                           err, _ERROR_BYTES)
         if not handle:
             raise UserError(f"cannot run {self._label}: {err.value.decode(errors='replace')}")
         self._handle = ctypes.c_void_p(handle)
@@ -143,10 +164,12 @@ class LiteRtRunner:
 
     @property
     def batch_size(self) -> int:
+        """The batch the model runs at (its first input dimension, after resizing)."""
         return int(self.input_details[0]["shape"][0])
 
     @property
     def times_us(self) -> dict[str, float]:
+        """Microseconds the runtime spent loading, checking custom ops and compiling."""
         load, check, compile_ = ctypes.c_double(), ctypes.c_double(), ctypes.c_double()
         self._lib.edgepipe_runtime_times(self._handle, ctypes.byref(load), ctypes.byref(check),
                                          ctypes.byref(compile_))
@@ -206,47 +229,3 @@ def _io_quantization(content: bytes) -> tuple[tuple[float, int], tuple[float, in
         return (float(q.Scale(0)), int(q.ZeroPoint(0)) if q.ZeroPointLength() else 0)
 
     return of(graph.Inputs(0)), of(graph.Outputs(0))
-
-
-def align_constant_buffers(data: bytes) -> bytes:
-    """Re-serialize a model so every constant buffer starts at a 64-byte file offset.
-
-    LiteRT hands a constant tensor to a custom op kernel only when its bytes are
-    64-byte aligned in memory; the converter does not align them. The buffers
-    move behind the flatbuffer (the schema's offset/size fields, which LiteRT
-    reads relative to the model's start), and the runtime loads the model at a
-    64-byte aligned address, so the alignment holds in memory.
-    """
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
-    payloads = {}
-    for index, buffer in enumerate(model.buffers or []):
-        if buffer.data is not None and len(buffer.data):
-            payloads[index] = bytes(bytearray(buffer.data))
-        elif buffer.offset > 1:  # already outside the flatbuffer
-            payloads[index] = bytes(data[buffer.offset:buffer.offset + buffer.size])
-
-    def pack(offsets: dict[int, int]) -> bytes:
-        for index, payload in payloads.items():
-            buffer = model.buffers[index]
-            buffer.data, buffer.offset, buffer.size = None, offsets[index], len(payload)
-        builder = flatbuffers.Builder(1024)
-        builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-        return bytes(builder.Output())
-
-    # Offsets are fixed-size fields: a first pass with non-zero placeholders
-    # gives the flatbuffer's final length.
-    head = pack({index: 1 for index in payloads})
-    out = bytearray(head)
-    offsets = {}
-    for index, payload in payloads.items():
-        out += b"\0" * (-len(out) % ALIGNMENT)
-        offsets[index] = len(out)
-        out += payload
-    final = pack(offsets)
-    if len(final) != len(head):
-        raise UserError("re-serializing the model changed its layout; cannot align its buffers")
-    out[:len(final)] = final
-    return bytes(out)

@@ -368,7 +368,8 @@ bool Runtime::CheckCustomOps(const RuntimeOptions& options, std::string* error) 
       }
       const std::string problem = host->Validate(site);
       if (!problem.empty()) {
-        *error = where + " failed validation: " + problem;
+        // Kernels quote what they read from the model (option keys, strings).
+        *error = where + " failed validation: " + PrintableModelText(problem);
         return false;
       }
     }
@@ -382,7 +383,7 @@ std::string Runtime::TakeKernelErrors() {
     const std::string problem = host->TakeErrors();
     if (problem.empty()) continue;
     errors += errors.empty() ? "" : "; ";
-    errors += std::string("custom op '") + host->name() + "': " + problem;
+    errors += std::string("custom op '") + host->name() + "': " + PrintableModelText(problem);
   }
   return errors;
 }
