@@ -182,6 +182,16 @@ def test_tensor_index_out_of_range_is_refused(sparse_gru_model):
         LiteRtRunner(beyond)
 
 
+def test_op_writing_another_ops_output_is_refused(int8_model):
+    # LiteRT 2.3.0 crashes at run when two ops write one tensor.
+    model = schema.ModelT.InitFromPackedBuf(bytearray(int8_model), 0)
+    graph = model.subgraphs[0]
+    graph.operators[0].outputs = [graph.outputs[0]]
+    with pytest.raises(UserError, match=r"op \d+ \(\w+\): output 0 is tensor \d+ .* which op 0 "
+                                        r"writes too; a tensor has one producer"):
+        LiteRtRunner(repack(model))
+
+
 def test_truncated_sparse_gru_model_is_refused(sparse_gru_model):
     for cut in range(8, len(sparse_gru_model), 97):
         with pytest.raises(UserError):

@@ -182,7 +182,6 @@ Runtime::~Runtime() {
 
 bool Runtime::Load(const std::string& path, const void* data, std::size_t size,
                    const RuntimeOptions& options, std::string* error) {
-  const std::string label = path.empty() ? std::string("<buffer>") : path;
   if (!path.empty()) {
     std::FILE* file = std::fopen(path.c_str(), "rb");
     if (!file) {
@@ -225,8 +224,8 @@ bool Runtime::Load(const std::string& path, const void* data, std::size_t size,
   model_size_ = size;
   const char* bytes = static_cast<const char*>(model_memory_.ptr);
   if (size < 8 || std::memcmp(bytes + 4, "TFL3", 4) != 0) {
-    *error = "not a TFLite model: " + label +
-             " lacks the 'TFL3' file identifier; pass a .tflite file written by the converter";
+    *error = "not a TFLite model: it lacks the 'TFL3' file identifier; pass a .tflite file "
+             "written by the converter";
     return false;
   }
   // Before LiteRT's parser sees it: a verified flatbuffer, no -1 input LiteRT
@@ -235,12 +234,12 @@ bool Runtime::Load(const std::string& path, const void* data, std::size_t size,
   const std::string problem =
       CheckModel(static_cast<const uint8_t*>(model_memory_.ptr), size, &summary);
   if (!problem.empty()) {
-    *error = "refusing " + label + ": " + problem;
+    *error = problem;  // the caller names the file
     return false;
   }
   activation_bytes_ = summary.activation_bytes;
   if (activation_bytes_ > options.max_tensor_bytes) {
-    *error = "refusing " + label + ": its tensors need " + MiB(activation_bytes_) +
+    *error = "its tensors need " + MiB(activation_bytes_) +
              ", more than the limit of " + MiB(options.max_tensor_bytes) +
              " (--max_tensor_bytes); raise the limit if the device has the memory";
     return false;
@@ -252,7 +251,7 @@ bool Runtime::Load(const std::string& path, const void* data, std::size_t size,
   }
   status = LiteRtCreateModelFromBuffer(environment_, model_memory_.ptr, size, &model_);
   if (status != kLiteRtStatusOk || !model_) {
-    *error = "LiteRT cannot parse " + label + " as a TFLite model (" +
+    *error = "LiteRT cannot parse it as a TFLite model (" +
              StatusText(status) + "); the file is damaged or not a model";
     return false;
   }

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <limits>
+#include <vector>
 
 #include "flatbuffers/flatbuffers.h"
 #include "tflite/runtime/tflite_schema_generated.h"
@@ -173,6 +174,20 @@ std::string Verify(const uint8_t* data, std::size_t size) {
   return "";
 }
 
+// "CONV_2D", "custom op 'X'" or "builtin op N" for an op whose code index is checked.
+std::string OpName(const schema::Model& model, const schema::Operator& op) {
+  const schema::OperatorCode* code = model.operator_codes()->Get(op.opcode_index());
+  const int32_t builtin = std::max<int32_t>(code->builtin_code(), code->deprecated_builtin_code());
+  if (builtin == kBuiltinCustom) return "custom op '" + Text(code->custom_code()) + "'";
+  const BuiltinOp* known = FindBuiltin(builtin);
+  return known ? std::string(known->name) : "builtin op " + std::to_string(builtin);
+}
+
+bool HasConstantData(const schema::Model& model, const schema::Tensor& tensor) {
+  const schema::Buffer* buffer = model.buffers()->Get(tensor.buffer());
+  return tensor.buffer() != 0 && (Count(buffer->data()) > 0 || buffer->offset() > 1);
+}
+
 // Its buffer's index in range, a known type and, without constant data, its
 // bytes added to `*activation_bytes`.
 std::string CheckTensor(const schema::Model& model, uint32_t s, uint32_t t,
@@ -190,8 +205,7 @@ std::string CheckTensor(const schema::Model& model, uint32_t s, uint32_t t,
   if (tensor.type() < 0 || tensor.type() >= kTensorTypes) {
     return where() + ": type " + std::to_string(tensor.type()) + " is not a TFLite tensor type";
   }
-  const schema::Buffer* buffer = model.buffers()->Get(tensor.buffer());
-  if (tensor.buffer() != 0 && (Count(buffer->data()) > 0 || buffer->offset() > 1)) return "";
+  if (HasConstantData(model, tensor)) return "";
   uint64_t bytes = kElementBytes[tensor.type()];
   if (tensor.shape()) {
     for (const int32_t dim : *tensor.shape()) {
@@ -238,9 +252,7 @@ std::string CheckOperator(const schema::Model& model, uint32_t s, uint32_t o, ui
   const int32_t builtin = std::max<int32_t>(code->builtin_code(), code->deprecated_builtin_code());
   const bool custom = builtin == kBuiltinCustom;
   const BuiltinOp* known = custom ? nullptr : FindBuiltin(builtin);
-  const std::string name = custom  ? "custom op '" + Text(code->custom_code()) + "'"
-                           : known ? std::string(known->name)
-                                   : "builtin op " + std::to_string(builtin);
+  const std::string name = OpName(model, op);
   const std::string where = at + " (" + name + ")";
   for (const bool inputs : {true, false}) {
     const flatbuffers::Vector<int32_t>* indices = inputs ? op.inputs() : op.outputs();
@@ -266,6 +278,42 @@ std::string CheckOperator(const schema::Model& model, uint32_t s, uint32_t o, ui
         return where + ": " + which() + " is tensor " + std::to_string(tensor) + ", but subgraph " +
                std::to_string(s) + " has " + std::to_string(tensors) + " tensors";
       }
+    }
+  }
+  return "";
+}
+
+// Every tensor has at most one writer, and it is neither a subgraph input nor a
+// constant: LiteRT 2.3.0 plans memory per producer and crashes at run on an op
+// writing into another op's output.
+std::string CheckProducers(const schema::Model& model, uint32_t s,
+                           const schema::SubGraph& subgraph) {
+  constexpr int64_t kNone = -1, kSubgraphInput = -2;
+  std::vector<int64_t> producer(Count(subgraph.tensors()), kNone);
+  for (uint32_t i = 0; i < Count(subgraph.inputs()); ++i) {
+    const int32_t tensor = subgraph.inputs()->Get(i);
+    if (tensor >= 0) producer[tensor] = kSubgraphInput;
+  }
+  for (uint32_t o = 0; o < Count(subgraph.operators()); ++o) {
+    const schema::Operator& op = *subgraph.operators()->Get(o);
+    for (uint32_t i = 0; i < Count(op.outputs()); ++i) {
+      const int32_t tensor = op.outputs()->Get(i);
+      if (tensor < 0) continue;
+      const schema::Tensor& written = *subgraph.tensors()->Get(tensor);
+      const std::string where = "subgraph " + std::to_string(s) + ", op " + std::to_string(o) +
+                                " (" + OpName(model, op) + "): output " + std::to_string(i) +
+                                " is tensor " +
+                                std::to_string(tensor) + " ('" + Text(written.name()) + "')";
+      const std::string damaged = "; the model is damaged or was edited by hand";
+      if (producer[tensor] == kSubgraphInput) {
+        return where + ", an input of the subgraph" + damaged;
+      }
+      if (producer[tensor] >= 0) {
+        return where + ", which op " + std::to_string(producer[tensor]) +
+               " writes too; a tensor has one producer" + damaged;
+      }
+      if (HasConstantData(model, written)) return where + ", a constant" + damaged;
+      producer[tensor] = o;
     }
   }
   return "";
@@ -306,6 +354,8 @@ std::string CheckModel(const uint8_t* data, std::size_t size, ModelSummary* summ
       problem = CheckOperator(model, s, o, tensors, *subgraph.operators()->Get(o));
       if (!problem.empty()) return problem;
     }
+    problem = CheckProducers(model, s, subgraph);
+    if (!problem.empty()) return problem;
   }
   constexpr uint64_t kMaxSize = std::numeric_limits<std::size_t>::max();
   if (summary) {
