@@ -25,8 +25,9 @@ def with_custom_op():
     """Rename a model's builtin op to a custom op, as a model needing our kernels has."""
 
     def rename(data: bytes, builtin: str, custom: str) -> bytes:
-        import flatbuffers
         from ai_edge_litert import schema_py_generated as schema
+
+        from tflite.flatbuffer_rewrite import pack_model
 
         model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
         target = getattr(schema.BuiltinOperator, builtin)
@@ -34,8 +35,6 @@ def with_custom_op():
             if max(code.builtinCode, code.deprecatedBuiltinCode) == target:
                 code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
                 code.customCode = custom
-        builder = flatbuffers.Builder(1024)
-        builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-        return bytes(builder.Output())
+        return pack_model(model)
 
     return rename

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import ai_edge_litert
-import flatbuffers
 import pytest
 from ai_edge_litert import schema_py_generated as schema
 
@@ -20,6 +19,7 @@ from core.errors import UserError
 from core.keras_env import keras, tf
 from fixtures.adb_device import adb_device, adb_server, make_device  # noqa: F401
 from tflite.convert import convert_model
+from tflite.flatbuffer_rewrite import pack_model
 
 RUNNER = NATIVE_DIR / "litert_bench"
 LIBRARY = Path(ai_edge_litert.__file__).parent / "libLiteRt.so"
@@ -30,9 +30,7 @@ needs_runner = pytest.mark.skipif(not RUNNER.is_file(),
 def edited(data: bytes, edit) -> bytes:
     model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
     edit(model, model.subgraphs[0])
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return pack_model(model)
 
 
 def ops_of(model, graph, builtin: int) -> list:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 
-import flatbuffers
 import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as schema
@@ -21,6 +20,7 @@ from ai_edge_litert import schema_py_generated as schema
 from core.errors import UserError
 from core.keras_env import keras, tf
 from tflite.convert import convert_model
+from tflite.flatbuffer_rewrite import pack_model
 from tflite.runtime.binding import LiteRtRunner
 from tflite.runtime.isolated import IsolatedRunner
 
@@ -32,9 +32,7 @@ def edited(data: bytes, edit) -> bytes:
     """`data` with edit(model, main subgraph) applied through the schema object API."""
     model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
     edit(model, model.subgraphs[0])
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return pack_model(model)
 
 
 def ops_of(model: schema.ModelT, graph: schema.SubGraphT, builtin: int) -> list:

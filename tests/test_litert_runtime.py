@@ -3,7 +3,6 @@ the ai_edge_litert Interpreter, on models made by the project's converter."""
 import re
 import subprocess
 
-import flatbuffers
 import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as schema
@@ -12,7 +11,7 @@ from core.errors import UserError
 from core.keras_env import keras
 from fixtures.fuzzing import MODEL_CHECKS_SOURCES, REPO, generate_model_schema, run_libfuzzer
 from tflite.convert import convert_model
-from tflite.flatbuffer_rewrite import align_constant_buffers
+from tflite.flatbuffer_rewrite import align_constant_buffers, pack_model
 from tflite.interpreter import TfliteRunner
 from tflite.ops.sparse_gru_lowering import convert_with_sparse_gru
 from tflite.runtime import binding
@@ -124,9 +123,7 @@ def rename_sparse_gru(data: bytes, custom_code: bytes) -> bytes:
 
 
 def repack(model: schema.ModelT) -> bytes:
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return align_constant_buffers(bytes(builder.Output()))
+    return align_constant_buffers(pack_model(model))
 
 
 def test_sparse_gru_with_absent_input_is_refused_not_crashed(sparse_gru_model, tmp_path):

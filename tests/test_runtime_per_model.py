@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from core.errors import UserError
 from core.keras_env import keras
-from tflite.flatbuffer_rewrite import align_constant_buffers
+from tflite.flatbuffer_rewrite import align_constant_buffers, pack_model
 from tflite.ops.sparse_gru_lowering import convert_with_sparse_gru
 from tflite.runtime.binding import LiteRtRunner
 
@@ -45,7 +45,6 @@ def two_grus() -> list[tuple[bytes, keras.Model, np.ndarray]]:
 def failing_gather() -> bytes:
     """A builtin GATHER whose constant index is out of range: it fails at every run."""
     from ai_edge_litert import schema_py_generated as schema
-    import flatbuffers
 
     @tf.function(input_signature=[tf.TensorSpec([1, 6], tf.float32)])
     def gather(x):
@@ -64,9 +63,7 @@ def failing_gather() -> bytes:
             buffer.data = np.frombuffer(indices.tobytes(), np.uint8)
             edited += 1
     assert edited == 1
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return align_constant_buffers(bytes(builder.Output()))
+    return align_constant_buffers(pack_model(model))
 
 
 def test_models_with_their_own_thread_counts_run_side_by_side(two_grus):

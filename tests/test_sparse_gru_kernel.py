@@ -21,7 +21,7 @@ from flatbuffers import flexbuffers
 from core.errors import UserError
 from core.keras_env import keras
 from fixtures.fuzzing import REPO, SPARSE_GRU_SOURCES, require_tool, run_libfuzzer
-from tflite.flatbuffer_rewrite import align_constant_buffers
+from tflite.flatbuffer_rewrite import align_constant_buffers, pack_model
 from tflite.ops.sparse_gru_reference import StoredMatrix, dequantize, sparse_gru
 from tflite.runtime.binding import LiteRtRunner
 
@@ -137,10 +137,7 @@ def build_model(x_shape: tuple[int, int, int], w: StoredMatrix, r: StoredMatrix,
     signature.outputs = [schema.TensorMapT()]
     signature.outputs[0].name, signature.outputs[0].tensorIndex = "y", y
     model.signatureDefs = [signature]
-    import flatbuffers
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return align_constant_buffers(bytes(builder.Output()))
+    return align_constant_buffers(pack_model(model))
 
 
 class Case:

@@ -10,6 +10,13 @@ from core.errors import UserError
 ALIGNMENT = 64
 
 
+def pack_model(model: schema.ModelT) -> bytes:
+    """A model edited through the schema's object API, serialized as a .tflite file."""
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
 def align_constant_buffers(data: bytes) -> bytes:
     """Re-serialize a model so every constant buffer starts at a 64-byte file offset.
 
@@ -31,9 +38,7 @@ def align_constant_buffers(data: bytes) -> bytes:
         for index, payload in payloads.items():
             buffer = model.buffers[index]
             buffer.data, buffer.offset, buffer.size = None, offsets[index], len(payload)
-        builder = flatbuffers.Builder(1024)
-        builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-        return bytes(builder.Output())
+        return pack_model(model)
 
     # Offsets are fixed-size fields: a first pass with non-zero placeholders
     # gives the flatbuffer's final length.

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from flatbuffers import flexbuffers
@@ -23,7 +22,7 @@ from flatbuffers import flexbuffers
 from core.errors import UserError
 from core.keras_env import keras, tf
 from tflite.convert import converter_error_line, fixed_batch_spec
-from tflite.flatbuffer_rewrite import align_constant_buffers
+from tflite.flatbuffer_rewrite import align_constant_buffers, pack_model
 
 CUSTOM_CODE = "SparseGRU"
 FORMAT_VERSION = 1
@@ -278,9 +277,7 @@ def _rewrite(data: bytes, ops: dict[float, tuple[LoweredGru, list]]) -> bytes:
                         "(is the layer's output unused?); cannot lower them to SparseGRU")
     _drop_dead_ops(graph)
     _compact(model)
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return pack_model(model)
 
 
 def _code_name(code) -> str:

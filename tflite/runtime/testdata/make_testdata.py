@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from core.keras_env import keras, tf  # noqa: E402
 from tflite.convert import convert_model  # noqa: E402
-from tflite.flatbuffer_rewrite import align_constant_buffers  # noqa: E402
+from tflite.flatbuffer_rewrite import align_constant_buffers, pack_model  # noqa: E402
 from tflite.ops.sparse_gru_lowering import convert_with_sparse_gru  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -50,7 +50,6 @@ CUSTOM_NAME = "EdgepipeTestLinear"
 
 def as_custom(data: bytes, builtin: str, custom: str) -> bytes:
     """Turn every `builtin` op of a model into the custom op `custom`."""
-    import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
     model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
@@ -59,23 +58,18 @@ def as_custom(data: bytes, builtin: str, custom: str) -> bytes:
         if max(code.builtinCode, code.deprecatedBuiltinCode) == target:
             code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
             code.customCode = custom
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return pack_model(model)
 
 
 def with_absent_input(data: bytes) -> bytes:
     """Append a -1 input to every op of a model (buffers keep their offsets)."""
-    import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
     model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
     for graph in model.subgraphs:
         for op in graph.operators:
             op.inputs = list(op.inputs) + [-1]
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return pack_model(model)
 
 
 def with_custom_output_dim(data: bytes, custom: str, dim: int, size: int) -> bytes:
@@ -84,7 +78,6 @@ def with_custom_output_dim(data: bytes, custom: str, dim: int, size: int) -> byt
     The shape vectors are overwritten where they are, so every other byte (and
     the 64-byte alignment of the constants) stays as it was.
     """
-    import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
     out = bytearray(data)
