@@ -103,6 +103,90 @@ std::vector<std::string> Split(const std::string& text, char separator) {
   }
 }
 
+// Opaque options whose payload is TOML text, which LiteRT frees.
+bool AddTomlOptions(LiteRtOptions options, const char* identifier, const std::string& text,
+                    std::string* error) {
+  char* payload = static_cast<char*>(std::malloc(text.size() + 1));
+  if (!payload) {
+    *error = "out of memory";
+    return false;
+  }
+  std::memcpy(payload, text.c_str(), text.size() + 1);
+  LiteRtOpaqueOptions opaque = nullptr;
+  LiteRtStatus status = LiteRtCreateOpaqueOptions(identifier, payload, std::free, &opaque);
+  if (status != kLiteRtStatusOk) {
+    std::free(payload);
+    *error = std::string("cannot create the ") + identifier + " options (" + StatusText(status) + ")";
+    return false;
+  }
+  status = LiteRtAddOpaqueOptions(options, opaque);
+  if (status != kLiteRtStatusOk) {
+    LiteRtDestroyOpaqueOptions(opaque);
+    *error = std::string("cannot add the ") + identifier + " options (" + StatusText(status) + ")";
+    return false;
+  }
+  return true;
+}
+
+// TFLite's messages as one line: "ERROR: [file:line] " prefixes and blank
+// lines dropped, at most a few hundred characters.
+std::string TfliteMessages(const std::string& text) {
+  std::string joined;
+  std::size_t start = 0;
+  while (start < text.size() && joined.size() < 600) {
+    std::size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    std::string line = text.substr(start, end - start);
+    start = end + 1;
+    if (line.rfind("INFO:", 0) == 0 || line.rfind("WARNING:", 0) == 0) continue;
+    if (line.rfind("ERROR: ", 0) == 0) line = line.substr(7);
+    if (!line.empty() && line[0] == '[') {
+      const std::size_t close = line.find("] ");
+      if (close != std::string::npos) line = line.substr(close + 2);
+    }
+    while (!line.empty() && (line.back() == '.' || line.back() == ' ')) line.pop_back();
+    if (line.empty()) continue;
+    joined += (joined.empty() ? "" : "; ") + line;
+  }
+  return PrintableModelText(joined);
+}
+
+// What a failing LiteRT call wrote to stderr, for the one retry that is made
+// only to learn why a compile failed (the buffer reporter keeps nothing then).
+class StderrCapture {
+ public:
+  StderrCapture() {
+    std::fflush(stderr);
+    file_ = std::tmpfile();
+    saved_ = file_ ? dup(2) : -1;
+    if (saved_ >= 0) dup2(fileno(file_), 2);
+  }
+  ~StderrCapture() { Restore(); if (file_) std::fclose(file_); }
+  std::string Take() {
+    Restore();
+    std::string text;
+    if (!file_) return text;
+    std::rewind(file_);
+    char chunk[4096];
+    std::size_t got;
+    while (text.size() < (1 << 16) && (got = std::fread(chunk, 1, sizeof(chunk), file_)) > 0) {
+      text.append(chunk, got);
+    }
+    return text;
+  }
+
+ private:
+  void Restore() {
+    if (saved_ < 0) return;
+    std::fflush(stderr);
+    dup2(saved_, 2);
+    close(saved_);
+    saved_ = -1;
+  }
+  std::FILE* file_ = nullptr;
+  int saved_ = -1;
+};
+
 }  // namespace
 
 std::string ParseInputShapes(const std::string& names, const std::string& shapes,
@@ -251,8 +335,14 @@ bool Runtime::Load(const std::string& path, const void* data, std::size_t size,
   }
   status = LiteRtCreateModelFromBuffer(environment_, model_memory_.ptr, size, &model_);
   if (status != kLiteRtStatusOk || !model_) {
-    *error = "LiteRT cannot parse it as a TFLite model (" +
-             StatusText(status) + "); the file is damaged or not a model";
+    // Parsing again with stderr captured is the only way to learn why.
+    LiteRtModel again = nullptr;
+    StderrCapture capture;
+    LiteRtCreateModelFromBuffer(environment_, model_memory_.ptr, size, &again);
+    const std::string why = TfliteMessages(capture.Take());
+    if (again) LiteRtDestroyModel(again);
+    *error = "LiteRT cannot parse it as a TFLite model (" + StatusText(status) + ")" +
+             (why.empty() ? std::string("; the file is damaged or not a model") : ": " + why);
     return false;
   }
   return true;
@@ -387,93 +477,16 @@ std::string Runtime::TakeKernelErrors() {
   return errors;
 }
 
-namespace {
-
-// Opaque options whose payload is TOML text, which LiteRT frees.
-bool AddTomlOptions(LiteRtOptions options, const char* identifier, const std::string& text,
-                    std::string* error) {
-  char* payload = static_cast<char*>(std::malloc(text.size() + 1));
-  if (!payload) {
-    *error = "out of memory";
-    return false;
+std::string Runtime::TakeLiteRtMessages() {
+  char* messages = nullptr;
+  std::string why;
+  if (LiteRtCompiledModelGetErrorMessages(compiled_, &messages) == kLiteRtStatusOk && messages) {
+    why = TfliteMessages(messages);
   }
-  std::memcpy(payload, text.c_str(), text.size() + 1);
-  LiteRtOpaqueOptions opaque = nullptr;
-  LiteRtStatus status = LiteRtCreateOpaqueOptions(identifier, payload, std::free, &opaque);
-  if (status != kLiteRtStatusOk) {
-    std::free(payload);
-    *error = std::string("cannot create the ") + identifier + " options (" + StatusText(status) + ")";
-    return false;
-  }
-  status = LiteRtAddOpaqueOptions(options, opaque);
-  if (status != kLiteRtStatusOk) {
-    LiteRtDestroyOpaqueOptions(opaque);
-    *error = std::string("cannot add the ") + identifier + " options (" + StatusText(status) + ")";
-    return false;
-  }
-  return true;
+  std::free(messages);
+  LiteRtCompiledModelClearErrors(compiled_);
+  return why;
 }
-
-// TFLite's messages as one line: "ERROR: [file:line] " prefixes and blank
-// lines dropped, at most a few hundred characters.
-std::string TfliteMessages(const std::string& text) {
-  std::string joined;
-  std::size_t start = 0;
-  while (start < text.size() && joined.size() < 600) {
-    std::size_t end = text.find('\n', start);
-    if (end == std::string::npos) end = text.size();
-    std::string line = text.substr(start, end - start);
-    start = end + 1;
-    if (line.rfind("INFO:", 0) == 0 || line.rfind("WARNING:", 0) == 0) continue;
-    if (line.rfind("ERROR: ", 0) == 0) line = line.substr(7);
-    if (!line.empty() && line[0] == '[') {
-      const std::size_t close = line.find("] ");
-      if (close != std::string::npos) line = line.substr(close + 2);
-    }
-    while (!line.empty() && (line.back() == '.' || line.back() == ' ')) line.pop_back();
-    if (line.empty()) continue;
-    joined += (joined.empty() ? "" : "; ") + line;
-  }
-  return PrintableModelText(joined);
-}
-
-// What a failing LiteRT call wrote to stderr, for the one retry that is made
-// only to learn why a compile failed (the buffer reporter keeps nothing then).
-class StderrCapture {
- public:
-  StderrCapture() {
-    std::fflush(stderr);
-    file_ = std::tmpfile();
-    saved_ = file_ ? dup(2) : -1;
-    if (saved_ >= 0) dup2(fileno(file_), 2);
-  }
-  ~StderrCapture() { Restore(); if (file_) std::fclose(file_); }
-  std::string Take() {
-    Restore();
-    std::string text;
-    if (!file_) return text;
-    std::rewind(file_);
-    char chunk[4096];
-    std::size_t got;
-    while (text.size() < (1 << 16) && (got = std::fread(chunk, 1, sizeof(chunk), file_)) > 0) {
-      text.append(chunk, got);
-    }
-    return text;
-  }
-
- private:
-  void Restore() {
-    if (saved_ < 0) return;
-    std::fflush(stderr);
-    dup2(saved_, 2);
-    close(saved_);
-    saved_ = -1;
-  }
-  std::FILE* file_ = nullptr;
-  int saved_ = -1;
-};
-
-}  // namespace
 
 LiteRtOptions Runtime::MakeOptions(const RuntimeOptions& options, int reporter_mode,
                                    std::string* error) {
@@ -569,7 +582,9 @@ bool Runtime::PlanOutputs(std::string* error) {
     return false;
   }
   if (status != kLiteRtStatusOk) {
-    *error = "LiteRT cannot work out the model's output shapes (" + StatusText(status) + ")";
+    const std::string why = TakeLiteRtMessages();
+    *error = "LiteRT cannot work out the model's output shapes (" + StatusText(status) + ")" +
+             (why.empty() ? std::string("; the model is damaged") : ": " + why);
     return false;
   }
   return true;
@@ -785,13 +800,7 @@ bool Runtime::Run(std::string* error) {
     return false;
   }
   if (status != kLiteRtStatusOk) {
-    char* messages = nullptr;
-    std::string why;
-    if (LiteRtCompiledModelGetErrorMessages(compiled_, &messages) == kLiteRtStatusOk && messages) {
-      why = TfliteMessages(messages);
-    }
-    std::free(messages);
-    LiteRtCompiledModelClearErrors(compiled_);
+    const std::string why = TakeLiteRtMessages();
     *error = "inference failed (" + StatusText(status) + ")" +
              (why.empty() ? std::string("; the model is damaged or an op cannot run on its inputs")
                           : ": " + why);

@@ -107,6 +107,8 @@ class Runtime {
   bool PlanOutputs(std::string* error);
   bool SetUpTensors(bool is_input, std::string* error);
   std::string TakeKernelErrors();
+  // TFLite's messages kept by the compiled model since the last call, one line.
+  std::string TakeLiteRtMessages();
 
   AlignedBuffer model_memory_;
   std::size_t model_size_ = 0;

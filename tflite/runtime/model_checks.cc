@@ -283,6 +283,21 @@ std::string CheckOperator(const schema::Model& model, uint32_t s, uint32_t o, ui
   return "";
 }
 
+// Constant data kept behind the flatbuffer (offset above 1) lies inside the file.
+std::string CheckBuffers(const schema::Model& model, std::size_t size) {
+  for (uint32_t b = 0; b < Count(model.buffers()); ++b) {
+    const schema::Buffer& buffer = *model.buffers()->Get(b);
+    if (buffer.offset() <= 1) continue;
+    if (buffer.offset() > size || buffer.size() > size - buffer.offset()) {
+      return "buffer " + std::to_string(b) + " says its " + std::to_string(buffer.size()) +
+             " bytes of data are at offset " + std::to_string(buffer.offset()) +
+             ", past the end of the " + std::to_string(size) +
+             "-byte file; the model is damaged or truncated";
+    }
+  }
+  return "";
+}
+
 // Every tensor has at most one writer, and it is neither a subgraph input nor a
 // constant: LiteRT 2.3.0 plans memory per producer and crashes at run on an op
 // writing into another op's output.
@@ -339,6 +354,8 @@ std::string CheckModel(const uint8_t* data, std::size_t size, ModelSummary* summ
   const std::string invalid = Verify(data, size);
   if (!invalid.empty()) return invalid;
   const schema::Model& model = *schema::GetModel(data);
+  const std::string outside = CheckBuffers(model, size);
+  if (!outside.empty()) return outside;
   uint64_t activation_bytes = 0;
   for (uint32_t s = 0; s < Count(model.subgraphs()); ++s) {
     const schema::SubGraph& subgraph = *model.subgraphs()->Get(s);
