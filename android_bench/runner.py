@@ -57,15 +57,18 @@ class ResultStore:
         self._lock = threading.Lock()
 
     def load(self) -> list[dict]:
-        """Every complete line; a line torn by a crash mid-write is skipped."""
+        """Every complete record; a line torn by a crash or a full disk mid-write
+        (the tail without its newline, or any line that is not JSON) is skipped."""
         if not self.path.exists():
             return []
         records = []
         for line in self.path.read_bytes().decode("utf-8", errors="replace").splitlines():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if isinstance(record, dict):
+                records.append(record)
         return records
 
     def finished(self) -> dict[tuple, dict]:
@@ -73,13 +76,42 @@ class ResultStore:
         return {measurement_identity(r): r for r in self.load() if "model_sha256" in r}
 
     def append(self, record: dict) -> None:
-        line = json.dumps(record, sort_keys=True) + "\n"
+        """Write one whole line; a torn tail left by an earlier failed append (a full
+        disk, a crash) is repaired first, else this line would be glued onto it and
+        be lost as well."""
+        line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as f:
+            with open(self.path, "ab+") as f:
+                self._repair_tail(f)
                 f.write(line)
                 f.flush()
                 os.fsync(f.fileno())
+
+    @staticmethod
+    def _repair_tail(f) -> None:
+        """Make the file end at a line boundary: a tail without its newline is cut
+        back to the last newline, unless it is a whole record that only lacks the
+        newline (a prefix of a JSON object never parses as one), which is kept."""
+        end = f.seek(0, os.SEEK_END)
+        if end == 0:
+            return
+        f.seek(end - 1)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        data = f.read()
+        start = data.rfind(b"\n") + 1
+        try:
+            whole = isinstance(json.loads(data[start:]), dict)
+        except ValueError:
+            whole = False
+        if whole:
+            f.write(b"\n")
+        else:
+            f.truncate(start)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def sha256_file(path: Path) -> str:

@@ -6,6 +6,7 @@ Every section is a dataclass, so a misspelt key is caught when the file is read
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -183,6 +184,13 @@ def _check_model(model: ModelConfig) -> None:
                         "and train.batch_size >= 1.")
     if not model.variants:
         raise UserError(f"{where}: variants is empty; list at least one, e.g. [float32].")
+    # Adam with 0 never learns, with a negative rate it climbs the loss, and NaN
+    # turns every weight into NaN.
+    for name, rate in (("train", model.train.learning_rate),
+                       ("pruning", model.pruning.learning_rate), ("qat", model.qat.learning_rate)):
+        if not (math.isfinite(rate) and rate > 0):
+            raise UserError(f"{where}: {name}.learning_rate is {rate}; it must be a finite number "
+                            "above 0, e.g. 1e-3.")
     if model.gru_lowering not in GRU_LOWERINGS:
         raise UserError(f"{where}: gru_lowering must be one of {', '.join(GRU_LOWERINGS)}, "
                         f"got {model.gru_lowering!r}.")

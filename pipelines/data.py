@@ -33,6 +33,76 @@ class Dataset:
         return tuple(self.x_train.shape[1:])
 
 
+def check_finite(name: str, x: np.ndarray) -> None:
+    """Refuse NaN or infinite inputs, naming the array and the first bad element."""
+    if not np.issubdtype(x.dtype, np.inexact):
+        return
+    bad = ~np.isfinite(x)
+    if bad.any():
+        value = _value_at(x, bad)
+        what = "nan" if np.isnan(value) else ("inf" if value > 0 else "-inf")
+        raise UserError(f"data: {name}[{_first_index(bad)}] is {what}; clean the data or drop "
+                        "that sample.")
+
+
+def _first_index(mask: np.ndarray) -> str:
+    return ", ".join(str(int(i)) for i in np.unravel_index(int(np.argmax(mask)), mask.shape))
+
+
+def _value_at(x: np.ndarray, mask: np.ndarray):
+    return x[np.unravel_index(int(np.argmax(mask)), mask.shape)].item()
+
+
+def check_labels(labels: dict[str, np.ndarray], num_classes: int | None = None
+                 ) -> dict[str, np.ndarray]:
+    """Refuse labels that cannot be class indices and return them all as int32, in order.
+
+    Labels must be finite, integral and non-negative; a maximum label of 10x the
+    number of distinct labels or more (one label 1000 among classes 0..9) would make
+    a model of mostly empty classes, so it is refused too.
+    """
+    converted = {}
+    for name, y in labels.items():
+        y = np.asarray(y)
+        if y.dtype == bool or not (np.issubdtype(y.dtype, np.integer)
+                                   or np.issubdtype(y.dtype, np.floating)):
+            raise UserError(f"data: {name} has dtype {y.dtype}; labels must be integer class "
+                            "indices 0, 1, 2, ...")
+        if np.issubdtype(y.dtype, np.floating):
+            check_finite(name, y)
+            fractional = y != np.floor(y)
+            if fractional.any():
+                index = _first_index(fractional)
+                raise UserError(f"data: {name}[{index}] is {_value_at(y, fractional)!r}, not an "
+                                "integer class index; labels must be whole numbers 0, 1, 2, ... "
+                                "(round or re-encode them).")
+        negative = y < 0
+        if negative.any():
+            raise UserError(f"data: {name}[{_first_index(negative)}] is "
+                            f"{_value_at(y, negative)!r}; labels must be class indices 0, 1, 2, "
+                            "... (re-encode negative labels).")
+        if y.size and y.max() > np.iinfo(np.int32).max:
+            raise UserError(f"data: {name} has label {y.max().item()!r}, too large for a class "
+                            "index; re-encode the labels as 0, 1, 2, ...")
+        converted[name] = y.astype(np.int32)
+    every = np.concatenate([y.ravel() for y in converted.values()])
+    if every.size:
+        distinct = np.unique(every)
+        largest = int(distinct[-1])
+        if largest >= 10 * len(distinct):
+            name = next(n for n, y in converted.items() if y.size and y.max() == largest)
+            edges = np.concatenate([[-1], distinct])
+            gap = int(np.argmax(np.diff(edges)))
+            missing = f"{edges[gap] + 1}..{edges[gap + 1] - 1}"
+            raise UserError(f"data: {name} has label {largest} but only {len(distinct)} distinct "
+                            f"labels, so a {largest + 1}-class model would have no examples of "
+                            f"classes {missing}; re-encode the labels as 0..N-1.")
+        if num_classes is not None and largest >= num_classes:
+            raise UserError(f"data: label {largest} does not fit num_classes={num_classes}; pass "
+                            f"num_classes={largest + 1} or more, or re-encode the labels.")
+    return converted
+
+
 def split(x: np.ndarray, y: np.ndarray, config: DataConfig, num_classes: int,
           description: str) -> Dataset:
     """Deterministic train/val/test split of one pool of examples."""
@@ -66,6 +136,7 @@ def load_digits(config: DataConfig) -> Dataset:
 
     digits = sklearn_digits()
     images = (digits.images / 16.0).astype(np.float32)
+    check_finite("digits", images)
     labels = digits.target.astype(np.int32)
     if config.kind == "sequence":
         return split(images, labels, config, 10, "digits (8 time steps x 8 features)")
@@ -79,10 +150,12 @@ def load_npz(path: Path, config: DataConfig) -> Dataset:
     with np.load(path, allow_pickle=False) as arrays:
         keys = set(arrays.files)
         if {"x_train", "y_train", "x_test", "y_test"} <= keys:
-            x_train, y_train = arrays["x_train"], arrays["y_train"].astype(np.int32)
-            x_test, y_test = arrays["x_test"], arrays["y_test"].astype(np.int32)
-            x_train = _as_float_or_int(x_train)
-            x_test = _as_float_or_int(x_test)
+            labels = check_labels({"y_train": arrays["y_train"], "y_test": arrays["y_test"]})
+            y_train, y_test = labels["y_train"], labels["y_test"]
+            x_train = _as_float_or_int(arrays["x_train"])
+            x_test = _as_float_or_int(arrays["x_test"])
+            check_finite("x_train", x_train)
+            check_finite("x_test", x_test)
             num_classes = int(max(y_train.max(), y_test.max())) + 1
             n_val = int(round(len(x_train) * config.val_fraction))
             order = np.random.default_rng(config.seed).permutation(len(x_train))
@@ -90,16 +163,20 @@ def load_npz(path: Path, config: DataConfig) -> Dataset:
             return Dataset(x_train[train], y_train[train], x_train[val], y_train[val],
                            x_test, y_test, num_classes, f"{path.name}")
         if {"x", "y"} <= keys:
-            y = arrays["y"].astype(np.int32)
-            return split(_as_float_or_int(arrays["x"]), y, config, int(y.max()) + 1, path.name)
+            y = check_labels({"y": arrays["y"]})["y"]
+            x = _as_float_or_int(arrays["x"])
+            check_finite("x", x)
+            return split(x, y, config, int(y.max()) + 1 if y.size else 0, path.name)
     raise UserError(f"data file {str(path)!r} holds arrays {sorted(keys)}; it needs either "
                     "'x' and 'y', or 'x_train', 'y_train', 'x_test' and 'y_test'.")
 
 
 def _as_float_or_int(x: np.ndarray) -> np.ndarray:
     """Token ids stay integers (for Embedding inputs); everything else becomes float32."""
-    return x.astype(np.int32) if np.issubdtype(x.dtype, np.integer) and x.ndim == 2 \
-        else x.astype(np.float32)
+    if np.issubdtype(x.dtype, np.integer) and x.ndim == 2:
+        return x.astype(np.int32)
+    with np.errstate(over="ignore", invalid="ignore"):  # check_finite names what overflowed
+        return x.astype(np.float32)
 
 
 def load_image_folder(root: Path, config: DataConfig) -> Dataset:
@@ -115,6 +192,7 @@ def load_image_folder(root: Path, config: DataConfig) -> Dataset:
         raise UserError(f"data.channels must be 1 or 3 for image folders, got {config.channels}.")
     images, labels = [], []
     for label, name in enumerate(classes):
+        found = len(images)
         for file in sorted((root / name).iterdir()):
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
@@ -127,9 +205,15 @@ def load_image_folder(root: Path, config: DataConfig) -> Dataset:
                                 "replace it with a valid image.") from None
             images.append(pixels.reshape(config.resolution, config.resolution, config.channels))
             labels.append(label)
+        if len(images) == found:
+            raise UserError(f"image folder {str(root / name)!r} has no images "
+                            f"({', '.join(IMAGE_SUFFIXES)}), so class {name!r} would never be "
+                            "seen; add images to it or remove the folder.")
     if not images:
         raise UserError(f"image folder {str(root)!r} has no images ({', '.join(IMAGE_SUFFIXES)}).")
-    return split(np.stack(images), np.array(labels, np.int32), config, len(classes), root.name)
+    images = np.stack(images)
+    check_finite("images", images)
+    return split(images, np.array(labels, np.int32), config, len(classes), root.name)
 
 
 def from_tf_dataset(dataset, config: DataConfig, num_classes: int | None = None) -> Dataset:
@@ -145,7 +229,8 @@ def from_tf_dataset(dataset, config: DataConfig, num_classes: int | None = None)
     if not xs:
         raise UserError("the tf.data dataset is empty.")
     x = _as_float_or_int(np.concatenate(xs))
-    y = np.concatenate(ys).astype(np.int32)
+    check_finite("x", x)
+    y = check_labels({"y": np.concatenate(ys)}, num_classes)["y"]
     return split(x, y, config, num_classes or int(y.max()) + 1, "tf.data dataset")
 
 

@@ -6,15 +6,67 @@ SCHEMA_VERSION whenever a field changes meaning or disappears.
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 from core import atomic
+from core.errors import UserError
 
 SCHEMA_VERSION = 1
 
 
 def build_results(run: dict, models: list[dict], variants: list[dict]) -> dict:
     return {"schema_version": SCHEMA_VERSION, **run, "models": models, "variants": variants}
+
+
+def read_results(output_dir: Path) -> dict | None:
+    """The run folder's results.json, to merge into; None when there is none yet.
+    One that cannot be merged (not ours, another schema) stops the run before any
+    work rather than being silently overwritten."""
+    path = Path(output_dir) / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        previous = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}); fix it, or move it away to start "
+                        "the results afresh.") from None
+    if not (isinstance(previous, dict) and isinstance(previous.get("models"), list)
+            and isinstance(previous.get("variants"), list)):
+        raise UserError(f"{path} is not an edgepipe results.json (no models and variants "
+                        "lists); move it away to start the results afresh.")
+    if previous.get("schema_version") != SCHEMA_VERSION:
+        raise UserError(f"{path} has schema_version {previous.get('schema_version')!r}, this "
+                        f"edgepipe writes {SCHEMA_VERSION} and cannot merge into it; move it away "
+                        "and rerun every model (unchanged stages are reused from the run folder).")
+    return previous
+
+
+def merge_results(previous: dict | None, results: dict) -> dict:
+    """`results` with the models (and their variants) that this run did not run kept
+    from `previous`, so `edgepipe run --models a` does not drop the others' results.
+    Models run now replace their old entries in place; new ones come last."""
+    if previous is None:
+        return results
+    ran = {m["name"] for m in results["models"]}
+    order = [m["name"] for m in previous["models"]]
+    order += [name for name in (m["name"] for m in results["models"]) if name not in order]
+    models = {m["name"]: m for m in previous["models"] if m["name"] not in ran}
+    models.update((m["name"], m) for m in results["models"])
+    variants = [v for v in previous["variants"] if v["model"] not in ran]
+    variants += results["variants"]
+    rank = {name: i for i, name in enumerate(order)}
+    variants.sort(key=lambda v: rank.get(v["model"], len(order)))  # stable: keeps variant order
+    merged = {**results, "models": [models[name] for name in order if name in models],
+              "variants": variants}
+    # The config records how every listed model was made, kept ones included.
+    configs = {c["name"]: c for c in (previous.get("config") or {}).get("models", [])
+               if c.get("name") not in ran}
+    configs.update((c["name"], c) for c in (results.get("config") or {}).get("models", []))
+    if "config" in results:
+        merged["config"] = {**results["config"],
+                            "models": [configs[name] for name in order if name in configs]}
+    return merged
 
 
 def _fmt(value, spec: str) -> str:

@@ -245,6 +245,9 @@ def run_pipeline(config: RunConfig, datasets: dict[str, Dataset] | None = None,
                  keras_models: dict[str, keras.Model] | None = None) -> dict:
     """Run every configured model through every stage and write the report.
 
+    results.json and report.md keep the entries of models in them that this run
+    did not run (e.g. `edgepipe run --models a`); the models run replace theirs.
+
     `datasets` and `keras_models` (by model name) let Python callers hand in a
     tf.data-derived Dataset or an in-memory tf_keras model instead of the config's.
     """
@@ -256,6 +259,7 @@ def run_pipeline(config: RunConfig, datasets: dict[str, Dataset] | None = None,
     check_benchmark(config.benchmark)
     output_dir = Path(config.output_dir)
     atomic.check_writable_folder(output_dir, "output_dir")
+    previous = report.read_results(output_dir)
     stages = StageRunner(output_dir)
     model_entries, variant_rows = [], []
     for model_config in config.models:
@@ -273,5 +277,6 @@ def run_pipeline(config: RunConfig, datasets: dict[str, Dataset] | None = None,
          "host": _host(), "config": to_dict(config),
          "stage_seconds": {k: round(v, 2) for k, v in stages.seconds.items()}},
         model_entries, variant_rows)
+    results = report.merge_results(previous, results)
     report.write_report(results, output_dir)
     return results

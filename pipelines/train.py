@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import UserError
 from core.keras_env import keras, tf
 from pipelines.data import Dataset
 
@@ -41,13 +42,26 @@ def fit(model: keras.Model, data: Dataset, *, epochs: int, batch_size: int,
     history = model.fit(
         data.x_train, data.y_train, batch_size=batch_size, epochs=epochs,
         validation_data=validation, shuffle=True,
-        callbacks=[*callbacks, keras.callbacks.TensorBoard(str(log_dir), write_graph=False)],
+        callbacks=[*callbacks, keras.callbacks.TerminateOnNaN(),
+                   keras.callbacks.TensorBoard(str(log_dir), write_graph=False)],
         verbose=1 if sys.stdout.isatty() else 2)
-    return {k: [float(v) for v in values] for k, values in history.history.items()}
+    history = {k: [float(v) for v in values] for k, values in history.history.items()}
+    for name in ("loss", "val_loss", "accuracy", "val_accuracy"):
+        bad = [v for v in history.get(name, []) if not math.isfinite(v)]
+        if bad:
+            raise UserError(
+                f"training ({log_dir.name} phase): {name} became {bad[0]} during training, so the "
+                f"model diverged; lower that phase's learning_rate (now {learning_rate:g}) or "
+                "check the data for extreme values.")
+    return history
 
 
 def accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
     probabilities = predict(model, x, batch_size)
+    if not np.all(np.isfinite(probabilities)):
+        raise UserError(f"model {model.name!r} outputs NaN or inf on the test set, so its accuracy "
+                        "is meaningless; check the data and the learning rates for NaN, inf or "
+                        "divergence.")
     return float(np.mean(np.argmax(probabilities, axis=-1) == y))
 
 

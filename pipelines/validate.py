@@ -1,6 +1,7 @@
 """Validation of a converted variant against the Keras model it came from."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +46,31 @@ def validate_variant(tflite_path: Path, keras_outputs: np.ndarray, x_test: np.nd
     if not inspect_model(tflite_path).custom_ops:
         reference = TfliteRunner(tflite_path).predict(x_test)
         result["interpreter_max_abs_diff"] = float(np.max(np.abs(outputs - reference)))
+    check_finite(tflite_path.name, result, outputs, keras_outputs)
     return result
+
+
+def check_finite(name: str, result: dict, outputs: np.ndarray | None = None,
+                 keras_outputs: np.ndarray | None = None) -> None:
+    """NaN or inf in a measurement is a failed validation, never a result: `nan > tol` is False,
+    so without this a NaN error would pass every tolerance check."""
+    for label, array in (("the TFLite model's", outputs), ("the Keras model's", keras_outputs)):
+        if array is not None and not np.all(np.isfinite(array)):
+            raise ValidationFailed(
+                f"{name}: {label} outputs on the test set are not finite (NaN or inf), so "
+                "the model cannot be validated; check the data and the learning rates for "
+                "NaN, inf or divergence.")
+    for key, value in result.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValidationFailed(
+                f"{name}: {key} is {value}, not a finite number, so the model cannot be "
+                "validated; check the data and the learning rates for NaN, inf or divergence.")
 
 
 def check_float32(model: str, variant: str, result: dict, tolerance: float) -> None:
     """A float32 variant must match Keras within `tolerance`; anything else is a failed stage."""
-    if result["max_abs_error"] > tolerance:
+    check_finite(f"model {model!r}, variant {variant!r}", result)
+    if not result["max_abs_error"] <= tolerance:
         raise ValidationFailed(
             f"model {model!r}, variant {variant!r}: the float32 TFLite model differs from Keras by "
             f"{result['max_abs_error']:.3g} (allowed: {tolerance:g}), so the conversion changed "

@@ -100,3 +100,102 @@ def test_tf_data(batched):
     data = from_tf_dataset(dataset, DataConfig(val_fraction=0.0))
     assert data.num_classes == 3 and len(data.x_train) + len(data.x_test) == 30
     assert data.input_shape == (6,)
+
+
+# -- refused data (issue 11) ------------------------------------------------------------
+
+
+def _npz(tmp_path, **arrays):
+    path = tmp_path / "d.npz"
+    np.savez(path, **arrays)
+    return DataConfig(source=str(path), val_fraction=0.0)
+
+
+def test_npz_with_nan_input_names_array_and_index(tmp_path):
+    x = np.random.default_rng(0).random((20, 4, 5))
+    x[12, 3, 4] = np.nan
+    with pytest.raises(UserError, match=r"^data: x\[12, 3, 4\] is nan; clean the data or drop"):
+        load_dataset(_npz(tmp_path, x=x, y=np.arange(20) % 2))
+
+
+def test_npz_with_given_splits_refuses_inf(tmp_path):
+    rng = np.random.default_rng(0)
+    x_test = rng.random((6, 3))
+    x_test[2, 1] = -np.inf
+    with pytest.raises(UserError, match=r"x_test\[2, 1\] is -inf"):
+        load_dataset(_npz(tmp_path, x_train=rng.random((10, 3)), y_train=np.arange(10) % 2,
+                          x_test=x_test, y_test=np.arange(6) % 2))
+
+
+def test_npz_value_that_overflows_float32_is_refused(tmp_path):
+    x = np.ones((10, 3))
+    x[4, 0] = 1e300  # finite as float64, inf once converted to float32
+    with pytest.raises(UserError, match=r"x\[4, 0\] is inf"):
+        load_dataset(_npz(tmp_path, x=x, y=np.arange(10) % 2))
+
+
+def test_tf_data_with_nan_is_refused():
+    x = np.ones((12, 3), np.float32)
+    x[7, 2] = np.nan
+    dataset = tf.data.Dataset.from_tensor_slices((x, np.arange(12) % 2)).batch(5)
+    with pytest.raises(UserError, match=r"x\[7, 2\] is nan"):
+        from_tf_dataset(dataset, DataConfig(val_fraction=0.0))
+
+
+def test_negative_labels_are_refused(tmp_path):
+    y = np.arange(20) % 3
+    y[5] = -1
+    with pytest.raises(UserError, match=r"y\[5\] is -1; labels must be class indices"):
+        load_dataset(_npz(tmp_path, x=np.ones((20, 2)), y=y))
+
+
+def test_fractional_float_labels_are_refused_not_truncated(tmp_path):
+    y = (np.arange(20) % 3).astype(np.float64)
+    y[3] = 1.5
+    with pytest.raises(UserError, match=r"y\[3\] is 1.5, not an integer class index"):
+        load_dataset(_npz(tmp_path, x=np.ones((20, 2)), y=y))
+
+
+def test_nan_label_is_refused(tmp_path):
+    y = (np.arange(20) % 3).astype(np.float32)
+    y[9] = np.nan
+    with pytest.raises(UserError, match=r"y\[9\] is nan"):
+        load_dataset(_npz(tmp_path, x=np.ones((20, 2)), y=y))
+
+
+def test_whole_float_labels_are_accepted(tmp_path):
+    data = load_dataset(_npz(tmp_path, x=np.ones((20, 2)), y=(np.arange(20) % 3) * 1.0))
+    assert data.num_classes == 3 and data.y_train.dtype == np.int32
+
+
+def test_one_huge_label_does_not_make_a_thousand_class_model(tmp_path):
+    y = np.arange(30) % 10
+    y[0] = 1000
+    with pytest.raises(UserError, match=r"y has label 1000 but only 11 distinct labels, so a "
+                                        r"1001-class model would have no examples of classes "
+                                        r"10\.\.999; re-encode"):
+        load_dataset(_npz(tmp_path, x=np.ones((30, 2)), y=y))
+
+
+def test_huge_label_in_given_test_split_is_refused(tmp_path):
+    y_test = np.arange(6) % 2
+    y_test[1] = 500
+    with pytest.raises(UserError, match=r"y_test has label 500"):
+        load_dataset(_npz(tmp_path, x_train=np.ones((10, 3)), y_train=np.arange(10) % 2,
+                          x_test=np.ones((6, 3)), y_test=y_test))
+
+
+def test_tf_data_labels_beyond_num_classes_are_refused():
+    dataset = tf.data.Dataset.from_tensor_slices((np.ones((12, 3), np.float32),
+                                                  np.arange(12) % 4))
+    with pytest.raises(UserError, match=r"label 3 does not fit num_classes=3"):
+        from_tf_dataset(dataset, DataConfig(val_fraction=0.0), num_classes=3)
+
+
+def test_empty_class_folder_is_refused(tmp_path):
+    _write_images(tmp_path, classes=("cat", "dog"))
+    (tmp_path / "emu").mkdir()
+    (tmp_path / "emu" / "notes.txt").write_text("not an image")
+    with pytest.raises(UserError, match=r"emu' has no images .* so class 'emu' would never be "
+                                        r"seen; add images to it or remove the folder"):
+        load_dataset(DataConfig(source=str(tmp_path), resolution=8))

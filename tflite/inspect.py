@@ -2,6 +2,13 @@
 
 Uses only the generated schema accessors shipped with ai-edge-litert, so
 `edgepipe inspect` stays fast and works where TensorFlow is not installed.
+
+Weight sparsity counts what each op's contract says its prunable weights are:
+for builtin ops, the dense constant float/quantized tensors of rank >= 2; for
+the SparseGRU custom op (tflite/ops/SPARSE_GRU.md), its W [3U, F] and R [3U, U]
+only (never the bias, scales or index arrays), sized from the op's custom
+options. A figure is reported only when the file is consistent; otherwise the
+sparsity is "unknown (inconsistent: ...)", never a number outside [0, 100]%.
 """
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
+from flatbuffers import flexbuffers
 
 from core.errors import UserError
 
@@ -58,6 +66,23 @@ class TensorInfo:
 
 
 @dataclass(frozen=True)
+class WeightCount:
+    """Prunable weights of a model: how many there are, how many are exact zeros.
+
+    `problems` lists why the counts cannot be trusted (inconsistent shapes,
+    options or index arrays); when it is not empty no sparsity figure is given.
+    """
+
+    total: int = 0
+    zeros: int = 0
+    problems: tuple[str, ...] = ()
+
+    def __add__(self, other: "WeightCount") -> "WeightCount":
+        return WeightCount(self.total + other.total, self.zeros + other.zeros,
+                           self.problems + other.problems)
+
+
+@dataclass(frozen=True)
 class SubgraphInfo:
     index: int
     name: str
@@ -74,6 +99,7 @@ class ModelInfo:
     subgraphs: list[SubgraphInfo]
     inputs: list[TensorInfo] = field(default_factory=list)
     outputs: list[TensorInfo] = field(default_factory=list)
+    weight_count: WeightCount = field(default_factory=WeightCount)
 
     @property
     def subgraph_count(self) -> int:
@@ -104,12 +130,34 @@ class ModelInfo:
 
     @property
     def weight_sparsity(self) -> float | None:
-        """Fraction of exact zeros over dense constant weight tensors (rank >= 2)."""
-        weights = [t for t in self.tensors if t.zero_fraction is not None and len(t.shape) >= 2]
-        total = sum(int(np.prod(t.shape)) for t in weights)
-        if not total:
+        """Fraction of exact zeros over the prunable weights, in [0, 1].
+
+        None when there are no countable weights or the file is inconsistent
+        (see `weight_sparsity_problems`).
+        """
+        count = self.weight_count
+        if count.problems or count.total <= 0 or not 0 <= count.zeros <= count.total:
             return None
-        return sum(t.zero_fraction * int(np.prod(t.shape)) for t in weights) / total
+        return count.zeros / count.total
+
+    @property
+    def weight_sparsity_problems(self) -> list[str]:
+        """Why no sparsity figure can be given (empty when the counts are consistent)."""
+        count = self.weight_count
+        problems = list(count.problems)
+        if not problems and not 0 <= count.zeros <= max(count.total, 0):
+            problems.append(f"{count.zeros} zeros counted among {count.total} weights")
+        return problems
+
+    @property
+    def weight_sparsity_text(self) -> str:
+        """The figure as `edgepipe inspect` prints it: a percentage, n/a or unknown (...)."""
+        problems = self.weight_sparsity_problems
+        if problems:
+            more = f"; and {len(problems) - 1} more" if len(problems) > 1 else ""
+            return f"unknown (inconsistent: {problems[0]}{more})"
+        sparsity = self.weight_sparsity
+        return "n/a" if sparsity is None else f"{sparsity:.1%}"
 
 
 def inspect_model(source: str | os.PathLike | bytes) -> ModelInfo:
@@ -148,12 +196,16 @@ def _parse(data: bytes) -> ModelInfo:
     if not subgraphs:
         raise ValueError("model has no subgraphs")
     main = subgraphs[0]
+    weight_count = WeightCount()
+    for i, sg in enumerate(subgraphs):
+        weight_count += _weight_count(model.Subgraphs(i), sg, op_names, buffers)
     return ModelInfo(
         size_bytes=len(data),
         version=model.Version(),
         subgraphs=subgraphs,
         inputs=[main.tensors[i] for i in main.inputs],
         outputs=[main.tensors[i] for i in main.outputs],
+        weight_count=weight_count,
     )
 
 
@@ -250,6 +302,139 @@ def _zero_fraction(payload: bytes, dtype: str, quant: QuantizationInfo | None) -
     return float(np.mean(values == quant.zero_points[0]))
 
 
+# -- prunable weights ------------------------------------------------------------------
+
+_SPARSE_GRU = "CUSTOM:SparseGRU"
+_SPARSE_GRU_DTYPES = {"float32": np.float32, "int8": np.int8}
+
+
+def _weight_count(sg: schema.SubGraph, info: SubgraphInfo, op_names: list[str],
+                  buffers: list[bytes]) -> WeightCount:
+    """Prunable weights of one subgraph: SparseGRU's W and R, then the builtin weights."""
+    count = WeightCount()
+    claimed: set[int] = set()  # tensors a SparseGRU op reads as weights, indices, scales, bias
+    for i in range(sg.OperatorsLength()):
+        op = sg.Operators(i)
+        if op_names[op.OpcodeIndex()] != _SPARSE_GRU:
+            continue
+        inputs = [int(t) for t in op.InputsAsNumpy()] if not op.InputsIsNone() else []
+        claimed |= set(inputs[1:])
+        options = bytes(op.CustomOptionsAsNumpy()) if not op.CustomOptionsIsNone() else b""
+        count += _sparse_gru_count(f"SparseGRU op {i} of subgraph {info.index}", options,
+                                   inputs, sg, buffers)
+    for t in info.tensors:
+        if t.index in claimed or t.zero_fraction is None or len(t.shape) < 2:
+            continue
+        count += _builtin_count(t)
+    return count
+
+
+def _builtin_count(t: TensorInfo) -> WeightCount:
+    """A dense constant weight tensor: its zeros, if its shape matches its buffer."""
+    where = f"tensor {t.subgraph}:{t.index} {t.name!r}"
+    itemsize = np.dtype(_NUMERIC[t.dtype]).itemsize
+    stored = t.buffer_bytes // itemsize
+    if any(d < 0 for d in t.shape):
+        return WeightCount(problems=(f"{where} has a negative dimension in shape {list(t.shape)}",))
+    elements = int(np.prod(t.shape, dtype=np.int64)) if t.shape else 1
+    if elements != stored:
+        return WeightCount(problems=(
+            f"{where} has shape {list(t.shape)} ({elements} elements) but {stored} stored values",))
+    return WeightCount(stored, int(round(t.zero_fraction * stored)))
+
+
+def _sparse_gru_count(where: str, options_bytes: bytes, inputs: list[int], sg: schema.SubGraph,
+                      buffers: list[bytes]) -> WeightCount:
+    """W [3U, F] and R [3U, U] of one SparseGRU op, checked against its options."""
+    def bad(problem: str) -> WeightCount:
+        return WeightCount(problems=(f"{where}: {problem}",))
+
+    try:
+        options = flexbuffers.Loads(options_bytes) if options_bytes else None
+    except Exception:  # flexbuffers raises assorted types on damaged bytes
+        options = None
+    if not isinstance(options, dict):
+        return bad("custom options are not a readable flexbuffer map")
+    units, input_size = options.get("units"), options.get("input_size")
+    precision, fmt = options.get("precision"), options.get("format")
+    for key, value in (("units", units), ("input_size", input_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            return bad(f"option {key}={value!r} is not an integer >= 1")
+    if precision not in _SPARSE_GRU_DTYPES:
+        return bad(f"option precision={precision!r} is not float32 or int8")
+    if fmt not in ("csr", "dense"):
+        return bad(f"option format={fmt!r} is not csr or dense")
+    per_matrix = (3 if fmt == "csr" else 1) + (1 if precision == "int8" else 0)
+    expected = 2 + 2 * per_matrix  # x, W's and R's inputs, bias
+    if len(inputs) != expected:
+        return bad(f"{len(inputs)} inputs, but {fmt} {precision} has {expected}")
+
+    def array(position: int, name: str, dtype) -> np.ndarray | str:
+        index = inputs[position]
+        if not 0 <= index < sg.TensorsLength():
+            return f"{name} is tensor {index}, which does not exist"
+        tensor = sg.Tensors(index)
+        if _DTYPE_NAMES.get(tensor.Type()) != np.dtype(dtype).name:
+            return f"{name} is {_DTYPE_NAMES.get(tensor.Type(), tensor.Type())}, not {np.dtype(dtype).name}"
+        payload = buffers[tensor.Buffer()] if tensor.Buffer() < len(buffers) else b""
+        if not payload:
+            return f"{name} is not a constant"
+        if len(payload) % np.dtype(dtype).itemsize:
+            return f"{name} holds {len(payload)} bytes, not a whole number of {np.dtype(dtype).name}"
+        values = np.frombuffer(payload, dtype=dtype)
+        shape = [int(d) for d in tensor.ShapeAsNumpy()] if not tensor.ShapeIsNone() else []
+        if any(d < 0 for d in shape) or int(np.prod(shape, dtype=np.int64)) != values.size:
+            return f"{name} has shape {shape} but {values.size} stored values"
+        return values
+
+    count = WeightCount()
+    rows = 3 * units
+    for m, (name, cols) in enumerate((("W", input_size), ("R", units))):
+        base = 1 + m * per_matrix
+        values = array(base, f"{name} values", _SPARSE_GRU_DTYPES[precision])
+        if isinstance(values, str):
+            return bad(values)
+        dense_size = rows * cols
+        if fmt == "dense":
+            if values.size != dense_size:
+                return bad(f"dense {name} holds {values.size} values, but [{rows}, {cols}] "
+                           f"(units={units}, input_size={input_size}) has {dense_size}")
+        else:
+            problem = _csr_problem(name, values.size, rows, cols,
+                                   array(base + 1, f"{name} column indices", np.uint16),
+                                   array(base + 2, f"{name} row pointers", np.int32))
+            if problem:
+                return bad(problem)
+        # Stored zeros (e.g. int8 values that round to 0) are zeros of the matrix too.
+        count += WeightCount(dense_size, dense_size - int(np.count_nonzero(values)))
+    return count
+
+
+def _csr_problem(name: str, nnz: int, rows: int, cols: int, col_indices: np.ndarray | str,
+                 row_ptr: np.ndarray | str) -> str | None:
+    """Why a CSR matrix's arrays do not describe a [rows, cols] matrix with nnz values."""
+    if nnz > rows * cols:
+        return f"{name} stores {nnz} values, more than its [{rows}, {cols}] shape holds"
+    for arr in (col_indices, row_ptr):
+        if isinstance(arr, str):
+            return arr
+    if col_indices.size != nnz:
+        return f"{name} has {col_indices.size} column indices for {nnz} values"
+    if row_ptr.size != rows + 1:
+        return f"{name} has {row_ptr.size} row pointers, not rows + 1 = {rows + 1}"
+    lengths = np.diff(row_ptr.astype(np.int64))
+    if row_ptr[0] != 0 or int(row_ptr[-1]) != nnz or np.any(lengths < 0) or np.any(lengths > cols):
+        return f"{name} row pointers do not run monotonically from 0 to {nnz}"
+    if nnz and int(col_indices.max()) >= cols:
+        return f"{name} has a column index {int(col_indices.max())} >= {cols}"
+    starts = np.zeros(nnz, bool)
+    starts[row_ptr[:-1][lengths > 0]] = True
+    steps = np.diff(col_indices.astype(np.int64))
+    if np.any((steps <= 0) & ~starts[1:]):
+        return f"{name} column indices are not strictly increasing within a row"
+    return None
+
+
 def format_model_info(info: ModelInfo) -> str:
     """A human-readable report for `edgepipe inspect`."""
     lines = [f"TFLite model: {info.size_bytes} bytes, schema version {info.version}, "
@@ -281,9 +466,7 @@ def format_model_info(info: ModelInfo) -> str:
     quantized = [t for t in info.tensors if t.quantization is not None]
     per_channel = [t for t in quantized if len(t.quantization.scales) > 1]
     lines.append(f"  quantized tensors: {len(quantized)} ({len(per_channel)} per-channel)")
-    sparsity = info.weight_sparsity
-    lines.append("  weight sparsity (exact zeros, dense weights): "
-                 + ("n/a" if sparsity is None else f"{sparsity:.1%}"))
+    lines.append("  weight sparsity (exact zeros of prunable weights): " + info.weight_sparsity_text)
 
     lines.append("")
     sparse = info.sparse_tensors
