@@ -243,9 +243,6 @@ const FloatRows& AsFloatRows(const GruMatrix& m, GruScratch* scratch) {
   });
 }
 
-// Steps are handled in blocks of this many (the transposed copies are padded
-// with zeros to a multiple of it).
-constexpr int64_t kStepBlock = 8;
 
 // o[s0 + i] = sum_k w[k] * xt[col_k][s0 + i], i < V lanes (col_k = cols[k], or k
 // when dense): the V vectors of sums stay in registers while the row streams

@@ -35,6 +35,10 @@ struct GruProblem {
   const float* bias = nullptr;
 };
 
+// Time steps the input projection pads its transposed copies to a multiple
+// of (GruScratch::inputs_t, gx_t).
+constexpr int64_t kStepBlock = 8;
+
 // Rows per slice of a SlicedMatrix.
 constexpr int64_t kSliceRows = 8;
 

@@ -240,7 +240,6 @@ void ComputeSparseGru(const GruProblem& problem, const float* x, float* out,
 }
 
 std::size_t SparseGruScratchBytes(const GruProblem& problem) {
-  constexpr int64_t kStepBlock = 8;  // sparse_gru_compute.cc pads steps to it
   const int64_t units = problem.options.units, features = problem.options.input_size;
   const int64_t gates = 3 * units, sequences = problem.batch * problem.steps;
   const int64_t stride = (sequences + kStepBlock - 1) / kStepBlock * kStepBlock;
