@@ -1,6 +1,8 @@
 """The emulated device against the real Debian `adb` client and adbutils."""
 import os
+import re
 import subprocess
+import time
 
 import adbutils
 import pytest
@@ -31,6 +33,32 @@ def test_push_pull_stat_round_trip(adb_server, adb_device, tmp_path):
     assert device.sync.stat("/data/local/tmp/missing").mode == 0
     assert [f.path for f in device.sync.list("/data/local/tmp/new/folder")][-1] == "big.bin"
     assert device.sync.read_bytes("/data/local/tmp/new/folder/big.bin") == data
+
+
+def test_push_under_a_file_fails_at_once_with_the_reason(adb_server, adb_device, tmp_path):
+    adb_device.plant("/data/local/tmp/taken", b"a file where a folder goes")
+    (tmp_path / "f.bin").write_bytes(os.urandom(200_000))
+    result = adb_server.adb("-s", adb_device.serial, "push", str(tmp_path / "f.bin"),
+                            "/data/local/tmp/taken/f.bin", check=False, timeout=10)
+    assert result.returncode != 0
+    assert re.search("File exists|Not a directory", result.stdout + result.stderr)
+
+
+def test_planted_folder_has_its_age(adb_device):
+    folder = adb_device.plant("/data/local/tmp/old", {"a/b.bin": b"x", "c.txt": b"y"}, age_s=7200)
+    assert (folder / "a/b.bin").read_bytes() == b"x"
+    ages = [time.time() - p.stat().st_mtime for p in [folder, *folder.rglob("*")]]
+    assert len(ages) == 4 and all(7190 < age < 7210 for age in ages)
+
+
+def test_fault_reboot_refuses_then_answers_on_the_same_port(adb_server, adb_device):
+    adb_device.reboot(1.5)
+    adb_server.wait_for(adb_device, "offline")
+    adb_server.adb("disconnect", adb_device.serial)
+    assert "failed to connect" in adb_server.adb("connect", adb_device.serial).stdout
+    time.sleep(2)
+    adb_server.connect(adb_device)
+    assert adb_server.adb("-s", adb_device.serial, "shell", "echo back").stdout == "back\n"
 
 
 def test_two_devices_at_once(adb_server, make_device):

@@ -1,11 +1,15 @@
 """The ADB harness end to end: real adb server, emulated devices, a real compiled runner."""
 import json
+import logging
+import os
 import subprocess
 from pathlib import Path
 
+import adbutils
 import pytest
 
-from android_bench.adb_harness import RunSettings, Timeouts, benchmark_on_devices, discover
+from android_bench.adb_harness import (DeviceSession, RunSettings, Timeouts, benchmark_on_devices,
+                                       discover, host_tag, work_folder_name)
 from core.errors import UserError
 from fixtures.adb_device import DeviceProfile, adb_device, adb_server, make_device  # noqa: F401
 
@@ -44,6 +48,9 @@ int main(int argc, char **argv) {
 }
 """
 FAST = Timeouts(command=30, transfer=30, run=60, reconnect=20)
+# For devices that stay away: each reconnect attempt gives up after a second.
+SHORT = Timeouts(command=5, transfer=5, run=10, reconnect=1)
+HOUR = 3600
 
 
 @pytest.fixture(scope="module")
@@ -186,9 +193,9 @@ def test_discovery_messages(adb_server, make_device):
     gone.stop()
     adb_server.connect(gone, state="offline")
     with pytest.raises(UserError, match=f"device {gone.serial} is offline"):
-        discover([gone.serial])
-    with pytest.raises(UserError, match="cannot connect to device 127.0.0.1:1"):
-        discover(["127.0.0.1:1"])
+        discover([gone.serial], timeouts=SHORT, retries=1)
+    with pytest.raises(UserError, match="cannot connect to device 127.0.0.1:1: adb says 'fail"):
+        discover(["127.0.0.1:1"], timeouts=SHORT, retries=1)
     fresh = make_device()  # a network serial that is not connected yet is connected
     assert discover([fresh.serial]) == [fresh.serial]
 
@@ -213,3 +220,96 @@ def test_real_runner_on_emulated_device(adb_server, adb_device, tmp_path, tiny_t
         assert report["schema_version"] == 1 and report["settings"]["num_threads"] == record["threads"]
         assert report["steady_state"]["count"] >= 5 and report["model"]["size_bytes"] == model.stat().st_size
     assert list(adb_device.tmp.iterdir()) == []
+
+
+def plant_folder(device, name: str, age_s: float) -> str:
+    """A work folder as an earlier session leaves it: runner, library, model, a result."""
+    device.plant(f"/data/local/tmp/{name}", {"bin/litert_bench": b"r" * 3000,
+                                             "bin/libLiteRt.so": b"l" * 7700,
+                                             "model/m.tflite": b"m" * 2000,
+                                             "results/result-1.json": b"{}"}, age_s)
+    return name
+
+
+def test_stale_work_folders_are_removed_at_the_start_live_ones_kept(adb_server, adb_device,
+                                                                    files, caplog):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    alive = subprocess.Popen(["sleep", "60"])  # another process here, its session running
+    try:
+        stale = [plant_folder(adb_device, work_folder_name(host_tag(), dead.pid), 0),
+                 plant_folder(adb_device, "edgepipe-0123456789ab", 7 * HOUR),  # older harness
+                 plant_folder(adb_device, work_folder_name("other-host", 77), 7 * HOUR)]
+        kept = [plant_folder(adb_device, work_folder_name(host_tag(), alive.pid), 0),
+                plant_folder(adb_device, work_folder_name(host_tag(), os.getpid()), HOUR),
+                plant_folder(adb_device, work_folder_name("other-host", 78), HOUR),
+                plant_folder(adb_device, "edgepipe-0123456789ac", HOUR),
+                plant_folder(adb_device, "edgepipe-my notes", 100 * HOUR)]  # not the harness's
+        writing = plant_folder(adb_device, work_folder_name("other-host", 79), 7 * HOUR)
+        (adb_device.tmp / writing / "results/result-1.json").touch()  # still measuring
+        adb_device.plant("/data/local/tmp/edgepipe-0123456789ad", b"a file", 100 * HOUR)
+        with caplog.at_level(logging.INFO):
+            assert len(benchmark_on_devices(**files, threads=(1,), timeouts=FAST)) == 1
+    finally:
+        alive.kill()
+        alive.wait()
+    assert sorted(p.name for p in adb_device.tmp.iterdir()) == sorted(
+        [*kept, writing, "edgepipe-0123456789ad"])
+    (line,) = [r.getMessage() for r in caplog.records if "stale work folder" in r.getMessage()]
+    assert f"{adb_device.serial}: removed 3 stale work folder(s) of earlier sessions" in line
+    assert all(name in line for name in stale) and " MB)" in line
+
+
+def test_work_folder_blocked_by_a_file_fails_at_once_naming_the_cause(adb_server, adb_device,
+                                                                      files):
+    session = DeviceSession(adbutils.AdbClient(), adb_device.serial, FAST)
+    adb_device.plant(session.run_dir, b"a file where the work folder goes")
+    with pytest.raises(UserError, match=(
+            f"device {adb_device.serial}: creating the work folder {session.run_dir} failed "
+            r"\(exit status 1\): mkdir: .*(File exists|Not a directory); remove what is")):
+        session.push_missing([(files["model"], "model/m.tflite")])
+
+
+def test_work_folder_refused_is_one_clear_message(adb_server, adb_device, files):
+    adb_device.faults.fail_on = "mkdir -p"
+    with pytest.raises(UserError, match=(f"device {adb_device.serial}: creating the work folder "
+                                         r"\S+ failed \(exit status 1\): emulated failure")):
+        benchmark_on_devices(**files, timeouts=FAST)
+
+
+def test_work_folder_not_removed_warns_with_the_reason(adb_server, adb_device, files, caplog):
+    adb_device.faults.fail_on = "rm -rf /data/local/tmp/edgepipe-"
+    with caplog.at_level(logging.WARNING):
+        assert len(benchmark_on_devices(**files, timeouts=FAST)) == 1
+    assert f"{adb_device.serial}: removing the work folder " in caplog.text
+    assert "failed (exit status 1): emulated failure" in caplog.text
+    (left,) = adb_device.tmp.iterdir()  # the next session's start removes it
+    assert sorted(p.name for p in left.iterdir()) == ["bin", "model", "results"]
+
+
+@pytest.mark.parametrize("name", ["result-1.json", "result-2.json", "litert_bench",
+                                  "libLiteRt.so", "it's \"a\" $(model) `x`;\n.tflite"])
+def test_model_name_never_clashes_with_the_harness_files(adb_server, adb_device, files, name):
+    model = files["model"].rename(files["model"].with_name(name))
+    results = benchmark_on_devices(**{**files, "model": model}, threads=(1, 2), timeouts=FAST)
+    assert [(r["threads"], r["runner"]["model_size_bytes"]) for r in results] == [
+        (1, 102400), (2, 102400)]
+    assert list(adb_device.tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("connected", [True, False], ids=["offline", "not-connected"])
+def test_network_device_down_at_the_start_is_reconnected(adb_server, make_device, files,
+                                                         connected, caplog):
+    device = make_device()
+    if connected:
+        adb_server.connect(device)
+    device.reboot(2.0)
+    if connected:
+        adb_server.wait_for(device, "offline")
+    timeouts = Timeouts(command=10, transfer=10, run=10, reconnect=1.5)
+    with caplog.at_level(logging.WARNING):
+        results = benchmark_on_devices(**files, targets=[device.serial], timeouts=timeouts,
+                                       retries=4)
+    assert [r["target"] for r in results] == [device.serial]
+    assert f"{device.serial}: {'offline' if connected else 'not answering'} at the start; " \
+           "reconnecting (1/4)" in caplog.text
