@@ -1,14 +1,55 @@
 """Atomic file writes: a temporary file in the same folder, then a rename.
 
-An interrupted run never leaves a half-written model or result behind.
+An interrupted run never leaves a half-written model or result behind, and a full
+disk is reported as which file could not be written and how much space is left.
 """
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it; set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Files get the permissions any other file the user writes gets (mkstemp's are 0600).
+FILE_MODE = 0o666 & ~_umask()
+
+
+def is_disk_full(error: OSError) -> bool:
+    return error.errno in DISK_FULL
+
+
+def disk_full(path: str | os.PathLike | None, error: OSError) -> UserError:
+    """The error a user sees for a full disk or quota: the file and the space left."""
+    where = Path(path) if path else Path.cwd()
+    folder = next((p for p in (where, *where.parents) if p.exists()), Path.cwd())
+    free = shutil.disk_usage(folder).free
+    what = f"writing {str(where)!r}" if path else "writing a file"
+    return UserError(f"no space left on the device ({error.strerror}) {what}: {_size(free)} free "
+                     f"on that file system. Free some space or choose another folder, then rerun "
+                     "the same command to resume.")
+
+
+def _size(count: float) -> str:
+    if count < 1024:
+        return f"{count:.0f} bytes"
+    for unit in ("KiB", "MiB"):
+        count /= 1024
+        if count < 1024:
+            return f"{count:.1f} {unit}"
+    return f"{count / 1024:.1f} GiB"
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -21,7 +62,13 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if is_disk_full(e):
+            raise disk_full(path, e) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import sys
+import traceback
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -92,14 +93,36 @@ def build_model(
             builder = _import_builder(name)
             model = _call_builder(name, builder, input_shape, num_classes, options)
     else:
-        raise UserError(
-            f"Unknown model {name!r}. Use a registered name ({', '.join(list_models())}), "
-            "a builder function as 'package.module:function', or the path of a saved "
-            "model (.keras, .h5 or a SavedModel directory)."
-        )
+        raise _unknown_model(name)
     model = ensure_tf_keras_model(model, f"model {name!r}")
     _check_fits(model, name, input_shape, num_classes)
     return model
+
+
+def builder_sources(name: str) -> list[Path]:
+    """The files `name` stands for, whose contents decide the model: the builder's
+    module source, or the saved model (a file or a SavedModel folder)."""
+    if name in _BUILDERS:
+        builder = _BUILDERS[name]
+    elif _looks_like_path(name):
+        if not Path(name).exists():
+            raise UserError(f"Saved model {name!r} not found; check the model path in the config.")
+        return [Path(name)]
+    elif _BUILDER_REF.fullmatch(name):
+        with _cwd_on_path():
+            builder = _import_builder(name)
+    else:
+        raise _unknown_model(name)
+    source = inspect.getsourcefile(builder)
+    return [Path(source)] if source else []
+
+
+def _unknown_model(name: str) -> UserError:
+    return UserError(
+        f"Unknown model {name!r}. Use a registered name ({', '.join(list_models())}), "
+        "a builder function as 'package.module:function', or the path of a saved "
+        "model (.keras, .h5 or a SavedModel directory)."
+    )
 
 
 def ensure_tf_keras_model(model: Any, source: str = "the model") -> keras.Model:
@@ -156,7 +179,29 @@ def _call_builder(
         raise UserError(
             f"Model builder {name!r} cannot be called with these options: {error}."
         ) from error
-    return builder(input_shape=input_shape, num_classes=num_classes, **options)
+    try:
+        return builder(input_shape=input_shape, num_classes=num_classes, **options)
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 - the builder is the user's code
+        raise _code_failed(name, "building the model", error, inspect.getsourcefile(builder)) \
+            from None
+
+
+def _code_failed(name: str, doing: str, error: Exception, source: str | None) -> UserError:
+    """A builder's exception as one message pointing at the line of its code that failed
+    (the innermost frame in the builder's file, else the innermost of all)."""
+    if isinstance(error, SyntaxError):
+        place = f"{error.filename}:{error.lineno}"
+    else:
+        frames = traceback.extract_tb(error.__traceback__)
+        own = [f for f in frames if source and f.filename == source]
+        frame = (own or frames)[-1]
+        place = f"{frame.filename}:{frame.lineno}"
+    message = str(error).splitlines()[0][:300] if str(error) else ""
+    return UserError(f"Model builder {name!r} failed while {doing}: {type(error).__name__}"
+                     f"{': ' + message if message else ''} (at {place}); fix the builder and "
+                     "rerun.")
 
 
 def _import_builder(ref: str) -> Callable[..., Any]:
@@ -174,6 +219,8 @@ def _import_builder(ref: str) -> Callable[..., Any]:
         raise UserError(
             f"Model builder {ref!r}: importing {module_name!r} failed: {error}."
         ) from error
+    except Exception as error:  # noqa: BLE001 - a syntax error or failure in the user's module
+        raise _code_failed(ref, f"importing {module_name!r}", error, None) from None
     builder = getattr(module, function_name, None)
     if not callable(builder):
         raise UserError(

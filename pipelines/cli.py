@@ -13,6 +13,7 @@ from pathlib import Path
 from absl import app, flags, logging
 
 from android_bench.runner import RunSettings
+from core import atomic
 from core.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -72,11 +73,6 @@ flags.DEFINE_integer("rounds", 2, "bench-ops: measure every model this many time
                      "round in reverse order, and average (drift falls on all alike).")
 
 
-def _yaml_value(text: str):
-    import yaml
-    return yaml.safe_load(text)
-
-
 def _ints(values: list[str], flag: str) -> list[int]:
     """Positive integers of a list flag (layer sizes, thread counts)."""
     try:
@@ -96,7 +92,9 @@ def command_run(args: list[str]) -> None:
 
     overrides = list(FLAGS.set)
     if FLAGS.output_dir:
-        overrides.append(f"output_dir={FLAGS.output_dir}")
+        overrides.append(f"output_dir={json.dumps(FLAGS.output_dir)}")
+    if FLAGS["threads"].present:
+        overrides.append(f"benchmark.threads={_ints(FLAGS.threads, 'threads')}")
     config = load_config(FLAGS.config, overrides)
     if FLAGS.models:
         missing = set(FLAGS.models) - {m.name for m in config.models}
@@ -104,8 +102,6 @@ def command_run(args: list[str]) -> None:
             raise UserError(f"--models: no model named {sorted(missing)[0]!r}; configured models "
                             f"are {', '.join(m.name for m in config.models)}.")
         config.models = [m for m in config.models if m.name in FLAGS.models]
-    if FLAGS["threads"].present:
-        config.benchmark.threads = _ints(FLAGS.threads, "threads")
     results = run_pipeline(config)
     print(variants_table(results["variants"]))
     print("\nstage times: " + ", ".join(f"{k} {v:.1f}s" for k, v in
@@ -125,13 +121,14 @@ def command_inspect(args: list[str]) -> None:
 def command_summary(args: list[str]) -> None:
     from models.registry import build_model
     from models.summary import format_summary, summarize
+    from pipelines.config import parse_yaml_value
 
     options = {}
     for item in FLAGS.option:
         name, sep, value = item.partition("=")
         if not sep:
             raise UserError(f"--option {item!r}: expected NAME=VALUE, e.g. alpha=0.5.")
-        options[name] = _yaml_value(value)
+        options[name] = parse_yaml_value(value, f"--option {item!r}")
     shape = tuple(_ints(FLAGS.input_shape, "input_shape"))
     print(format_summary(summarize(build_model(FLAGS.builder, shape, FLAGS.num_classes, options))))
 
@@ -139,9 +136,8 @@ def command_summary(args: list[str]) -> None:
 def command_bench(args: list[str]) -> None:
     import tempfile
 
-    from core import atomic
-    from pipelines.benchmark import check_benchmark, measure
-    from pipelines.config import BenchmarkConfig
+    from pipelines.benchmark import measure
+    from pipelines.config import BenchmarkConfig, checked
     from pipelines.report import benchmarks_table
 
     if not FLAGS.model:
@@ -149,14 +145,12 @@ def command_bench(args: list[str]) -> None:
     path = Path(FLAGS.model)
     if not path.is_file():
         raise UserError(f"--model {FLAGS.model!r} does not exist.")
-    settings = BenchmarkConfig(targets=FLAGS.target, threads=_ints(FLAGS.threads, "threads"),
-                               warmup_runs=FLAGS.warmup_runs,
-                               warmup_min_secs=FLAGS.warmup_min_secs, num_runs=FLAGS.num_runs,
-                               min_secs=FLAGS.min_secs, affinity=FLAGS.affinity,
-                               input_layer=FLAGS.input_layer,
-                               input_layer_shape=FLAGS.input_layer_shape,
-                               max_tensor_bytes=FLAGS.max_tensor_bytes)
-    check_benchmark(settings)
+    settings = checked(BenchmarkConfig, {
+        "targets": FLAGS.target, "threads": _ints(FLAGS.threads, "threads"),
+        "warmup_runs": FLAGS.warmup_runs, "warmup_min_secs": FLAGS.warmup_min_secs,
+        "num_runs": FLAGS.num_runs, "min_secs": FLAGS.min_secs, "affinity": FLAGS.affinity,
+        "input_layer": FLAGS.input_layer, "input_layer_shape": FLAGS.input_layer_shape,
+        "max_tensor_bytes": FLAGS.max_tensor_bytes}, "edgepipe bench", flags=True)
     if FLAGS.json_output:
         atomic.check_writable(FLAGS.json_output, "--json_output")
     # Measurements are journalled next to the JSON output (or in a temporary
@@ -172,9 +166,9 @@ def command_bench(args: list[str]) -> None:
 
 
 def command_bench_ops(args: list[str]) -> None:
-    from core import atomic
-    from pipelines.benchmark import check_run_settings
+    from pipelines.benchmark import run_settings
     from pipelines.benchmarks.bench_ops import bench_op, format_table
+    from pipelines.config import BenchmarkConfig, checked
 
     try:
         sparsities = [float(s) for s in FLAGS.sparsities]
@@ -189,9 +183,10 @@ def command_bench_ops(args: list[str]) -> None:
         raise UserError(f"--steps must be at least 1, got {FLAGS.steps}.")
     warmup_min_secs = (FLAGS.warmup_min_secs if FLAGS["warmup_min_secs"].present
                        else BENCH_OPS_WARMUP_MIN_SECS)
-    settings = RunSettings(warmup_runs=FLAGS.warmup_runs, warmup_min_secs=warmup_min_secs,
-                           num_runs=FLAGS.num_runs, min_secs=FLAGS.min_secs)
-    check_run_settings(settings)
+    settings = run_settings(checked(BenchmarkConfig, {
+        "warmup_runs": FLAGS.warmup_runs, "warmup_min_secs": warmup_min_secs,
+        "num_runs": FLAGS.num_runs, "min_secs": FLAGS.min_secs}, "edgepipe bench-ops",
+        flags=True))
     if FLAGS.json_output:
         atomic.check_writable(FLAGS.json_output, "--json_output")
 
@@ -227,6 +222,11 @@ class _ProjectInfoOnly(std_logging.Filter):
         return record.levelno >= std_logging.WARNING or record.pathname.startswith(PROJECT_ROOT)
 
 
+def _exit(command: str, message: str, status: int) -> None:
+    print(f"edgepipe {command}: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
 def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         print(USAGE, file=sys.stderr)
@@ -239,8 +239,14 @@ def main() -> None:
         try:
             COMMANDS[command](argv[1:])
         except UserError as e:
-            print(f"edgepipe {command}: error: {e}", file=sys.stderr)
-            sys.exit(1)
+            _exit(command, f"error: {e}", 1)
+        except KeyboardInterrupt:
+            # Every finished stage and measurement is already saved.
+            _exit(command, "interrupted; rerun the same command to resume.", 130)
+        except OSError as e:
+            if not atomic.is_disk_full(e):
+                raise
+            _exit(command, f"error: {atomic.disk_full(e.filename, e)}", 1)
 
     app.run(dispatch, argv=[f"edgepipe {command}", *sys.argv[2:]])
 

@@ -1,54 +1,98 @@
-"""Run configuration: YAML files checked into typed dataclasses.
+"""Run configuration: YAML files checked by pydantic models, in this one place.
 
-Every section is a dataclass, so a misspelt key is caught when the file is read
-(with the list of valid keys) instead of being silently ignored mid-run.
+Every section is a strict pydantic model with `extra="forbid"`, so a misspelt key,
+a wrong type, an out-of-range number or an impossible combination is refused when
+the file is read, with one message naming the key by its `--set` path, instead of
+failing (or silently doing something else) mid-run.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-import types
-import typing
-from dataclasses import dataclass, field
+import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from android_bench.runner import RunSettings
 from core.errors import UserError
+from tflite.runner_io import parse_input_layers
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 
 QUANTIZATIONS = ("float32", "dynamic_range", "int8", "float16")
-PRUNING_SCHEDULES = ("polynomial_decay", "constant", "narang", "m_by_n")
-GRU_LOWERINGS = ("builtin", "sparse_gru")
 # Variants SparseGRU serves: float32 weights, or int8 weights with float activations.
 SPARSE_GRU_QUANTIZATIONS = ("float32", "dynamic_range")
+# A model's name is its folder in the run folder and its key in `--set models.NAME...`.
+MODEL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+# Folders of a run folder that are not models' (see pipelines/run.py).
+RESERVED_NAMES = ("plots",)
+
+Count = Annotated[int, Field(ge=0)]
+Positive = Annotated[int, Field(ge=1)]
+Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
 
 
-@dataclass
-class DataConfig:
+def _usable_learning_rate(rate: float) -> float:
+    """Adam with 0 never learns, with a negative rate it climbs the loss, and NaN or
+    inf turn every weight into NaN."""
+    if not (math.isfinite(rate) and rate > 0):
+        raise ValueError(f"{rate} is not a usable learning rate; it must be a finite number "
+                         "above 0, e.g. 1e-3.")
+    return rate
+
+
+LearningRate = Annotated[float, AfterValidator(_usable_learning_rate)]
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
+
+
+class Section(BaseModel):
+    """Strict (no "3" for 3, no true for 1), closed to unknown keys, and checked again
+    when a field is assigned (e.g. by the CLI's --threads)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """An assignment from Python (`config.benchmark.threads = [0]`): the UserError a
+        file gives, the section named by its class. (Construction from Python raises
+        pydantic's ValidationError: an overridden __init__ would also run for nested
+        sections and hide their location.)"""
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as error:
+            raise _user_error(type(self), {name: value}, error, type(self).__name__) from None
+
+
+class DataConfig(Section):
     """Where the examples come from and how they are split."""
 
-    source: str = "digits"  # "digits", a .npz file, or an image folder (class per sub-folder)
-    kind: str = "image"  # digits only: "image" (CNN) or "sequence" (rows as time steps)
-    resolution: int = 32  # images are resized to resolution x resolution
-    channels: int = 1  # image folders: 1 (grayscale) or 3 (RGB)
-    test_fraction: float = 0.2
-    val_fraction: float = 0.1
-    seed: int = 0
+    source: Annotated[str, Field(min_length=1)] = "digits"  # "digits", a .npz, or an image folder
+    kind: Literal["image", "sequence"] = "image"  # digits only: CNN images or rows as time steps
+    resolution: Annotated[int, Field(ge=1, le=4096)] = 32  # images become resolution x resolution
+    channels: Literal[1, 3] = 1  # image folders: grayscale or RGB
+    test_fraction: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)] = 0.2
+    val_fraction: Fraction = 0.1
+    seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> DataConfig:
+        if self.test_fraction + self.val_fraction >= 1:
+            raise ValueError(f"test_fraction {self.test_fraction} + val_fraction "
+                             f"{self.val_fraction} leave nothing for training; keep their sum "
+                             "below 1, e.g. 0.2 and 0.1.")
+        return self
 
 
-@dataclass
-class TrainConfig:
-    epochs: int = 20
-    batch_size: int = 32
-    learning_rate: float = 2e-3
+class TrainConfig(Section):
+    epochs: Count = 20  # 0 keeps a saved model's weights
+    batch_size: Positive = 32
+    learning_rate: LearningRate = 2e-3
 
 
-@dataclass
-class PruningConfig:
+class PruningConfig(Section):
     """TFMOT pruning fine-tune of the trained float model.
 
     `layers` are regular expressions over layer names; matched layers are wrapped
@@ -59,80 +103,54 @@ class PruningConfig:
     """
 
     enabled: bool = True
-    schedule: str = "polynomial_decay"
-    target_sparsity: float = 0.8
-    initial_sparsity: float = 0.0
-    begin_step: int = 0
-    ramp_step: int | None = None  # narang only; default: 40% of the way to end_step
-    end_step: int | None = None  # default: half of the pruning phase's steps
-    frequency: int = 20
-    block_size: list[int] = field(default_factory=lambda: [1, 1])
-    m_by_n: list[int] = field(default_factory=lambda: [2, 4])  # m_by_n schedule only
-    layers: list[str] = field(default_factory=lambda: [".*"])
-    epochs: int = 8
-    learning_rate: float = 5e-4
+    schedule: Literal["polynomial_decay", "constant", "narang", "m_by_n"] = "polynomial_decay"
+    target_sparsity: Fraction = 0.8
+    initial_sparsity: Fraction = 0.0
+    begin_step: Count = 0
+    ramp_step: Count | None = None  # narang only; default: 40% of the way to end_step
+    end_step: Positive | None = None  # default: half of the pruning phase's steps
+    frequency: Positive = 20
+    block_size: Annotated[list[Positive], Field(min_length=2, max_length=2)] = [1, 1]
+    m_by_n: Annotated[list[Positive], Field(min_length=2, max_length=2)] = [2, 4]  # m_by_n only
+    layers: Annotated[list[str], Field(min_length=1)] = [".*"]
+    epochs: Positive = 8
+    learning_rate: LearningRate = 5e-4
+
+    @field_validator("layers")
+    @classmethod
+    def _layers_are_regular_expressions(cls, layers: list[str]) -> list[str]:
+        for i, pattern in enumerate(layers):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"{pattern!r} (item {i}) is not a valid regular expression "
+                                 f"({e}); e.g. 'conv_pw_.*' selects conv_pw_1, conv_pw_2, ...")
+        return layers
+
+    @model_validator(mode="after")
+    def _steps_and_shapes_agree(self) -> PruningConfig:
+        m, n = self.m_by_n
+        if m >= n:
+            raise ValueError(f"m_by_n {self.m_by_n} keeps m of every n weights, so m must be "
+                             "below n, e.g. [2, 4].")
+        if self.schedule == "polynomial_decay" and self.initial_sparsity > self.target_sparsity:
+            raise ValueError(f"initial_sparsity {self.initial_sparsity} is above target_sparsity "
+                             f"{self.target_sparsity}; the schedule only ever adds zeros.")
+        given = [s for s in (self.begin_step, self.ramp_step, self.end_step) if s is not None]
+        if given != sorted(given):
+            raise ValueError(f"the steps must satisfy begin_step <= ramp_step <= end_step; got "
+                             f"{self.begin_step}, {self.ramp_step}, {self.end_step}.")
+        return self
 
 
-@dataclass
-class QatConfig:
+class QatConfig(Section):
     """Quantization-aware training (from the float model) and prune-preserving QAT
     (from the pruned model, keeping its zeros)."""
 
     enabled: bool = False
     prune_preserving: bool = False
-    epochs: int = 2
-    learning_rate: float = 1e-4
-
-
-@dataclass
-class ModelConfig:
-    name: str
-    builder: str  # registry name, "package.module:function", or a saved model path
-    options: dict[str, Any] = field(default_factory=dict)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    pruning: PruningConfig = field(default_factory=PruningConfig)
-    qat: QatConfig = field(default_factory=QatConfig)
-    variants: list[str] = field(default_factory=lambda: ["float32", "int8"])
-    representative_samples: int = 200
-    # "sparse_gru": every GRU layer converts to one SparseGRU custom op (tflite/ops/SPARSE_GRU.md)
-    # instead of the builtin WHILE loop.
-    gru_lowering: str = "builtin"
-
-
-@dataclass
-class BenchmarkConfig:
-    """Targets are "host", device serials (as `adb devices` lists them) or "all"
-    devices; every target runs the native runner for each thread count. How it
-    measures defaults to RunSettings' defaults, the project's one set of them."""
-
-    targets: list[str] = field(default_factory=lambda: ["host"])
-    threads: list[int] = field(default_factory=lambda: [1])
-    warmup_runs: int = RunSettings.warmup_runs
-    warmup_min_secs: float = RunSettings.warmup_min_secs
-    num_runs: int = RunSettings.num_runs
-    min_secs: float = RunSettings.min_secs
-    affinity: str | None = RunSettings.affinity  # taskset CPU mask in hex, e.g. "f0"
-    # Shapes of dynamic inputs, benchmark_model's syntax ("a,b" and "1,224,224,3:1,20").
-    input_layer: str = RunSettings.input_layer
-    input_layer_shape: str = RunSettings.input_layer_shape
-    max_tensor_bytes: int = RunSettings.max_tensor_bytes  # 0: the runtime's default
-    device_runner: str | None = None  # default: the host build in .native/
-    device_libraries: list[str] = field(default_factory=list)  # default: the wheel's libLiteRt.so
-
-
-@dataclass
-class ValidationConfig:
-    float32_tolerance: float = 1e-4  # max abs error allowed between float32 TFLite and Keras
-
-
-@dataclass
-class RunConfig:
-    models: list[ModelConfig]
-    output_dir: str = "runs/default"
-    seed: int = 0
-    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
-    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    epochs: Count = 2
+    learning_rate: LearningRate = 1e-4
 
 
 def variant_stage(variant: str) -> tuple[str, str]:
@@ -144,131 +162,202 @@ def variant_stage(variant: str) -> tuple[str, str]:
     return "float", variant
 
 
-def _check_variant(model: ModelConfig, variant: str) -> None:
-    stage, quantization = variant_stage(variant)
-    if quantization not in QUANTIZATIONS:
-        raise UserError(
-            f"model {model.name!r}: unknown variant {variant!r}. A variant is a quantization "
-            f"({', '.join(QUANTIZATIONS)}), optionally prefixed with pruned_, qat_ or pqat_ "
-            "(e.g. pruned_int8).")
-    if stage in ("qat", "pqat") and quantization != "int8":
-        raise UserError(f"model {model.name!r}: variant {variant!r}: QAT models convert to int8 "
-                        f"only; use {stage}_int8.")
-    if stage == "pruned" and not model.pruning.enabled:
-        raise UserError(f"model {model.name!r}: variant {variant!r} needs pruning.enabled: true.")
-    if stage == "qat" and not model.qat.enabled:
-        raise UserError(f"model {model.name!r}: variant {variant!r} needs qat.enabled: true.")
-    if stage == "pqat" and not (model.qat.prune_preserving and model.pruning.enabled):
-        raise UserError(f"model {model.name!r}: variant {variant!r} needs pruning.enabled: true "
-                        "and qat.prune_preserving: true.")
+class ModelConfig(Section):
+    name: str
+    builder: Annotated[str, Field(min_length=1)]  # registry name, "module:function" or a path
+    options: dict[str, Any] = {}
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    pruning: PruningConfig = PruningConfig()
+    qat: QatConfig = QatConfig()
+    variants: Annotated[list[str], Field(min_length=1)] = ["float32", "int8"]
+    representative_samples: Positive = 200
+    # "sparse_gru": every GRU layer converts to one SparseGRU custom op (tflite/ops/SPARSE_GRU.md)
+    # instead of the builtin WHILE loop.
+    gru_lowering: Literal["builtin", "sparse_gru"] = "builtin"
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_plain(cls, name: str) -> str:
+        if not MODEL_NAME.fullmatch(name):
+            raise ValueError(f"model name {name!r} is not a plain identifier; use a letter "
+                             "followed by up to 63 letters, digits, _ or - (it names the model's "
+                             "folder in output_dir), e.g. mobilenet_small.")
+        if name.lower() in RESERVED_NAMES:
+            raise ValueError(f"model name {name!r} is the run folder's {name.lower()}/ folder; "
+                             "choose another name.")
+        return name
+
+    @model_validator(mode="after")
+    def _variants_are_possible(self) -> ModelConfig:
+        duplicated = sorted({v for v in self.variants if self.variants.count(v) > 1})
+        if duplicated:
+            raise ValueError(f"variant {duplicated[0]!r} is listed twice.")
+        for variant in self.variants:
+            self._check_variant(variant)
+        return self
+
+    def _check_variant(self, variant: str) -> None:
+        stage, quantization = variant_stage(variant)
+        if quantization not in QUANTIZATIONS:
+            raise ValueError(
+                f"unknown variant {variant!r}. A variant is a quantization "
+                f"({', '.join(QUANTIZATIONS)}), optionally prefixed with pruned_, qat_ or pqat_ "
+                "(e.g. pruned_int8).")
+        if self.gru_lowering == "sparse_gru" and quantization not in SPARSE_GRU_QUANTIZATIONS:
+            raise ValueError(
+                f"variant {variant!r} cannot use gru_lowering: sparse_gru, which keeps "
+                "activations float and serves only float32 and dynamic_range variants "
+                "(optionally pruned_). Drop the variant or set gru_lowering: builtin.")
+        if stage in ("qat", "pqat") and quantization != "int8":
+            raise ValueError(f"variant {variant!r}: QAT models convert to int8 only; use "
+                             f"{stage}_int8.")
+        if stage == "pruned" and not self.pruning.enabled:
+            raise ValueError(f"variant {variant!r} needs pruning.enabled: true.")
+        if stage == "qat" and not self.qat.enabled:
+            raise ValueError(f"variant {variant!r} needs qat.enabled: true.")
+        if stage == "pqat" and not (self.qat.prune_preserving and self.pruning.enabled):
+            raise ValueError(f"variant {variant!r} needs pruning.enabled: true and "
+                             "qat.prune_preserving: true.")
 
 
-def _check_model(model: ModelConfig) -> None:
-    where = f"model {model.name!r}"
-    if model.pruning.schedule not in PRUNING_SCHEDULES:
-        raise UserError(f"{where}: pruning.schedule {model.pruning.schedule!r} is not one of "
-                        f"{', '.join(PRUNING_SCHEDULES)}.")
-    if not 0.0 <= model.pruning.target_sparsity < 1.0:
-        raise UserError(f"{where}: pruning.target_sparsity must be in [0, 1), "
-                        f"got {model.pruning.target_sparsity}.")
-    if model.pruning.frequency < 1:
-        raise UserError(f"{where}: pruning.frequency must be at least 1 step.")
-    if len(model.pruning.block_size) != 2 or len(model.pruning.m_by_n) != 2:
-        raise UserError(f"{where}: pruning.block_size and pruning.m_by_n take two integers, "
-                        "e.g. [1, 4] and [2, 4].")
-    if model.data.kind not in ("image", "sequence"):
-        raise UserError(f"{where}: data.kind must be 'image' or 'sequence', "
-                        f"got {model.data.kind!r}.")
-    if model.train.epochs < 0 or model.train.batch_size < 1:
-        raise UserError(f"{where}: train.epochs must be >= 0 (0 keeps a saved model's weights) "
-                        "and train.batch_size >= 1.")
-    if not model.variants:
-        raise UserError(f"{where}: variants is empty; list at least one, e.g. [float32].")
-    # Adam with 0 never learns, with a negative rate it climbs the loss, and NaN
-    # turns every weight into NaN.
-    for name, rate in (("train", model.train.learning_rate),
-                       ("pruning", model.pruning.learning_rate), ("qat", model.qat.learning_rate)):
-        if not (math.isfinite(rate) and rate > 0):
-            raise UserError(f"{where}: {name}.learning_rate is {rate}; it must be a finite number "
-                            "above 0, e.g. 1e-3.")
-    if model.gru_lowering not in GRU_LOWERINGS:
-        raise UserError(f"{where}: gru_lowering must be one of {', '.join(GRU_LOWERINGS)}, "
-                        f"got {model.gru_lowering!r}.")
-    if model.gru_lowering == "sparse_gru":
-        for variant in model.variants:
-            if variant_stage(variant)[1] not in SPARSE_GRU_QUANTIZATIONS:
-                raise UserError(
-                    f"{where}: variant {variant!r} cannot use gru_lowering: sparse_gru, which "
-                    "keeps activations float and serves only float32 and dynamic_range variants "
-                    "(optionally pruned_). Drop the variant or set gru_lowering: builtin.")
-    for variant in model.variants:
-        _check_variant(model, variant)
+class BenchmarkConfig(Section):
+    """Targets are "host", device serials (as `adb devices` lists them) or "all"
+    devices; every target runs the native runner for each thread count. How it
+    measures defaults to RunSettings' defaults, the project's one set of them."""
+
+    targets: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] = ["host"]
+    threads: Annotated[list[Annotated[int, Field(ge=1, le=1024)]], Field(min_length=1)] = [1]
+    warmup_runs: Count = RunSettings.warmup_runs
+    warmup_min_secs: Seconds = RunSettings.warmup_min_secs
+    num_runs: Positive = RunSettings.num_runs
+    min_secs: Seconds = RunSettings.min_secs
+    affinity: str | None = RunSettings.affinity  # taskset CPU mask in hex, e.g. "f0"
+    # Shapes of dynamic inputs, benchmark_model's syntax ("a,b" and "1,224,224,3:1,20").
+    input_layer: str = RunSettings.input_layer
+    input_layer_shape: str = RunSettings.input_layer_shape
+    max_tensor_bytes: Count = RunSettings.max_tensor_bytes  # 0: the runtime's default
+    device_runner: str | None = None  # default: the host build in .native/
+    device_libraries: list[str] = []  # default: the wheel's libLiteRt.so
+
+    @field_validator("affinity")
+    @classmethod
+    def _affinity_is_a_mask(cls, affinity: str | None) -> str | None:
+        if affinity is not None and not re.fullmatch(r"(0x)?[0-9a-fA-F]+", affinity):
+            raise ValueError(f"{affinity!r} is not a CPU mask in hex as taskset takes it, e.g. "
+                             "f0 for CPUs 4-7.")
+        return affinity
+
+    @model_validator(mode="after")
+    def _targets_and_inputs_agree(self) -> BenchmarkConfig:
+        if "all" in self.targets and set(self.targets) - {"all", "host"}:
+            raise ValueError(f"targets {self.targets}: 'all' already means every device; list "
+                             "serials or all, not both.")
+        try:
+            parse_input_layers(self.input_layer, self.input_layer_shape)
+        except UserError as e:
+            raise ValueError(str(e)) from None
+        return self
 
 
-def _is_dataclass_type(tp: Any) -> bool:
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+class ValidationConfig(Section):
+    # max abs error allowed between float32 TFLite and Keras
+    float32_tolerance: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1e-4
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys by name."""
-    if not isinstance(data, dict):
-        raise UserError(f"config {where or 'file'}: expected a mapping, got {type(data).__name__}.")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise UserError(f"config {where or 'top level'}: unknown key {unknown[0]!r}; valid keys "
-                        f"are {', '.join(sorted(fields))}.")
-    kwargs = {}
-    for key, value in data.items():
-        path = f"{where}.{key}" if where else key
-        kwargs[key] = _convert(hints[key], value, path)
+class RunConfig(Section):
+    models: Annotated[list[ModelConfig], Field(min_length=1)]
+    output_dir: Annotated[str, Field(min_length=1)] = "runs/default"
+    seed: Seed = 0
+    benchmark: BenchmarkConfig = BenchmarkConfig()
+    validation: ValidationConfig = ValidationConfig()
+
+    @model_validator(mode="after")
+    def _names_are_unique(self) -> RunConfig:
+        # Case-insensitive: on macOS and Windows file systems "GRU" and "gru" are one folder.
+        names = [m.name.lower() for m in self.models]
+        twice = sorted({m.name for m in self.models if names.count(m.name.lower()) > 1})
+        if twice:
+            raise ValueError(f"model name {twice[0]!r} is used twice (names are compared "
+                             "ignoring case); names must be unique, they name the artifacts.")
+        return self
+
+
+def checked(section: type[Section], data: Any, where: str = "config", flags: bool = False) -> Any:
+    """`section` built from `data`; every problem in one UserError that names the key
+    (models by name, as `--set` addresses them; `flags`: as --key) and what would be
+    valid."""
     try:
-        return cls(**kwargs)
-    except TypeError as e:
-        missing = [n for n, f in fields.items() if n not in data
-                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-        raise UserError(f"config {where or 'top level'}: missing key {missing[0]!r}.") from e
+        return section.model_validate(data)
+    except ValidationError as error:
+        raise _user_error(section, data, error, where, flags) from None
 
 
-def _convert(tp: Any, value: Any, path: str) -> Any:
-    """Check `value` against type hint `tp` (dataclass, list[...], scalars, Optional)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = [t for t in typing.get_args(tp) if t is not type(None)]
-        return None if value is None else _convert(options[0], value, path)
-    if _is_dataclass_type(tp):
-        return _build(tp, value, path)
-    if origin is list:
-        if not isinstance(value, list):
-            raise UserError(f"config {path}: expected a list, got {value!r}.")
-        (item,) = typing.get_args(tp)
-        return [_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise UserError(f"config {path}: expected a mapping, got {value!r}.")
-        return dict(value)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float, str, bool) and not (isinstance(value, tp)
-                                              and not (tp is int and isinstance(value, bool))):
-        raise UserError(f"config {path}: expected {tp.__name__}, got {value!r}.")
-    return value
+def _user_error(section: type[Section], data: Any, error: ValidationError, where: str,
+                flags: bool = False) -> UserError:
+    problems = [_describe(section, data, e) for e in error.errors()]
+    if flags:
+        problems = ["--" + problem for problem in problems]
+    return UserError(f"{where}: " + " ".join(problems))
+
+
+def _describe(section: type[Section], data: Any, error: dict) -> str:
+    location = list(error["loc"])
+    path = _dotted(location, data)
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        parent = _section_at(section, location[:-1])
+        keys = ", ".join(sorted(parent.model_fields)) if parent else "none"
+        return f"{_dotted(location[:-1], data) or 'top level'}: unknown key {location[-1]!r}; " \
+               f"valid keys are {keys}."
+    if error["type"] == "missing":
+        return f"{_dotted(location[:-1], data) or 'top level'}: missing key {location[-1]!r}."
+    if error["type"] == "value_error":
+        return f"{path}: {message}" if path else message
+    return f"{path or 'top level'}: {message[0].lower()}{message[1:]} (got {error['input']!r})."
+
+
+def _dotted(location: list, data: Any) -> str:
+    """("models", 0, "train") -> "models.mobilenet.train" when model 0 has a name."""
+    parts, node = [], data
+    for i, part in enumerate(location):
+        if isinstance(part, int):
+            item = node[part] if isinstance(node, list) and _has(node, part) else None
+            name = item.get("name") if isinstance(item, dict) else None
+            if location[i - 1:i] == ["models"] and isinstance(name, str) and \
+                    MODEL_NAME.fullmatch(name):
+                parts[-1] += f".{name}"
+            else:
+                parts[-1] += f"[{part}]"
+        else:
+            parts.append(str(part))
+        node = node[part] if isinstance(node, (list, dict)) and _has(node, part) else None
+    return ".".join(parts)
+
+
+def _has(node: list | dict, part: Any) -> bool:
+    return part in node if isinstance(node, dict) else isinstance(part, int) and part < len(node)
+
+
+def _section_at(section: type[Section], location: list) -> type[Section] | None:
+    """The Section class a location points into, for listing its valid keys."""
+    current: Any = section
+    for part in location:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if isinstance(current, type) else None
+        if field is None:
+            return None
+        current = field.annotation
+        args = getattr(current, "__args__", ())
+        if args and isinstance(args[0], type) and issubclass(args[0], Section):
+            current = args[0]
+    return current if isinstance(current, type) and issubclass(current, Section) else None
 
 
 def parse_config(data: dict[str, Any]) -> RunConfig:
     """Typed, checked configuration from a plain mapping (as read from YAML)."""
-    config = _build(RunConfig, data, "")
-    names = [m.name for m in config.models]
-    if not names:
-        raise UserError("config: models is empty; add at least one model.")
-    duplicates = {n for n in names if names.count(n) > 1}
-    if duplicates:
-        raise UserError(f"config: model name {sorted(duplicates)[0]!r} is used twice; names "
-                        "must be unique (they name the artifacts).")
-    for model in config.models:
-        _check_model(model)
-    return config
+    return checked(RunConfig, data)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -278,11 +367,21 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
                         f"file, or omit it to use the default ({DEFAULT_CONFIG}).")
     try:
         data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise UserError(f"config file {str(path)!r} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {str(path)!r} must hold a mapping at the top level.")
     return data
+
+
+def parse_yaml_value(text: str, what: str) -> Any:
+    """A command-line value in YAML syntax ("3", "[1, 2]", "{alpha: 0.5}")."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        problem = str(e).splitlines()[0]
+        raise UserError(f"{what}: the value {text!r} is not valid YAML ({problem}); quote "
+                        "strings that contain ':', '[' or '{', e.g. \"'a: b'\".") from None
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:
@@ -292,7 +391,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     if not sep or not key:
         raise UserError(f"--set {assignment!r}: expected KEY=VALUE, e.g. "
                         "models.mobilenet.train.epochs=3.")
-    value = yaml.safe_load(raw)
+    value = parse_yaml_value(raw, f"--set {assignment!r}")
     parts = key.split(".")
     node: Any = data
     for i, part in enumerate(parts[:-1]):
@@ -319,5 +418,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     return parse_config(data)
 
 
-def to_dict(config: RunConfig) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+def to_dict(config: Section) -> dict[str, Any]:
+    return config.model_dump(mode="json")

@@ -6,6 +6,8 @@ seeded random permutations, so a run is repeatable.
 """
 from __future__ import annotations
 
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +66,12 @@ def check_labels(labels: dict[str, np.ndarray], num_classes: int | None = None
     converted = {}
     for name, y in labels.items():
         y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]  # a column of labels
+        if y.ndim != 1:
+            hint = " (one-hot labels? store y.argmax(axis=1))" if y.ndim == 2 else ""
+            raise UserError(f"data: {name} has shape {y.shape}; labels must be one class index "
+                            f"per example, a 1-D array{hint}.")
         if y.dtype == bool or not (np.issubdtype(y.dtype, np.integer)
                                    or np.issubdtype(y.dtype, np.floating)):
             raise UserError(f"data: {name} has dtype {y.dtype}; labels must be integer class "
@@ -108,10 +116,6 @@ def split(x: np.ndarray, y: np.ndarray, config: DataConfig, num_classes: int,
     """Deterministic train/val/test split of one pool of examples."""
     if len(x) != len(y):
         raise UserError(f"data {description}: {len(x)} inputs but {len(y)} labels.")
-    if not (0 < config.test_fraction < 1 and 0 <= config.val_fraction < 1
-            and config.test_fraction + config.val_fraction < 1):
-        raise UserError("data.test_fraction and data.val_fraction must be fractions that add "
-                        "up to less than 1, e.g. 0.2 and 0.1.")
     order = np.random.default_rng(config.seed).permutation(len(x))
     n_test = max(1, int(round(len(x) * config.test_fraction)))
     n_val = int(round(len(x) * config.val_fraction))
@@ -145,29 +149,44 @@ def load_digits(config: DataConfig) -> Dataset:
                  f"digits ({config.resolution}x{config.resolution}x1 images)")
 
 
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a .npz, refusing files NumPy cannot read without pickle."""
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"data file {str(path)!r} is not a .npz archive (a .npz is a zip of "
+                        ".npy arrays); write it with numpy.savez(path, x=..., y=...).")
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            if not isinstance(arrays, np.lib.npyio.NpzFile):
+                raise ValueError("it holds a single array, not named arrays")
+            return {name: arrays[name] for name in arrays.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise UserError(f"data file {str(path)!r} is not a .npz of plain numeric arrays ({e}); "
+                        "write it with numpy.savez(path, x=..., y=...) from numeric arrays (no "
+                        "object arrays, no pickles).") from None
+
+
 def load_npz(path: Path, config: DataConfig) -> Dataset:
     """A .npz with either x, y (split here) or x_train, y_train, x_test, y_test."""
-    with np.load(path, allow_pickle=False) as arrays:
-        keys = set(arrays.files)
-        if {"x_train", "y_train", "x_test", "y_test"} <= keys:
-            labels = check_labels({"y_train": arrays["y_train"], "y_test": arrays["y_test"]})
-            y_train, y_test = labels["y_train"], labels["y_test"]
-            x_train = _as_float_or_int(arrays["x_train"])
-            x_test = _as_float_or_int(arrays["x_test"])
-            check_finite("x_train", x_train)
-            check_finite("x_test", x_test)
-            num_classes = int(max(y_train.max(), y_test.max())) + 1
-            n_val = int(round(len(x_train) * config.val_fraction))
-            order = np.random.default_rng(config.seed).permutation(len(x_train))
-            val, train = order[:n_val], order[n_val:]
-            return Dataset(x_train[train], y_train[train], x_train[val], y_train[val],
-                           x_test, y_test, num_classes, f"{path.name}")
-        if {"x", "y"} <= keys:
-            y = check_labels({"y": arrays["y"]})["y"]
-            x = _as_float_or_int(arrays["x"])
-            check_finite("x", x)
-            return split(x, y, config, int(y.max()) + 1 if y.size else 0, path.name)
-    raise UserError(f"data file {str(path)!r} holds arrays {sorted(keys)}; it needs either "
+    arrays = _read_npz(path)
+    if {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
+        labels = check_labels({"y_train": arrays["y_train"], "y_test": arrays["y_test"]})
+        y_train, y_test = labels["y_train"], labels["y_test"]
+        x_train = _as_float_or_int(arrays["x_train"])
+        x_test = _as_float_or_int(arrays["x_test"])
+        check_finite("x_train", x_train)
+        check_finite("x_test", x_test)
+        num_classes = int(max(y_train.max(), y_test.max())) + 1
+        n_val = int(round(len(x_train) * config.val_fraction))
+        order = np.random.default_rng(config.seed).permutation(len(x_train))
+        val, train = order[:n_val], order[n_val:]
+        return Dataset(x_train[train], y_train[train], x_train[val], y_train[val],
+                       x_test, y_test, num_classes, f"{path.name}")
+    if {"x", "y"} <= arrays.keys():
+        y = check_labels({"y": arrays["y"]})["y"]
+        x = _as_float_or_int(arrays["x"])
+        check_finite("x", x)
+        return split(x, y, config, int(y.max()) + 1 if y.size else 0, path.name)
+    raise UserError(f"data file {str(path)!r} holds arrays {sorted(arrays)}; it needs either "
                     "'x' and 'y', or 'x_train', 'y_train', 'x_test' and 'y_test'.")
 
 
@@ -179,30 +198,39 @@ def _as_float_or_int(x: np.ndarray) -> np.ndarray:
         return x.astype(np.float32)
 
 
-def load_image_folder(root: Path, config: DataConfig) -> Dataset:
-    """One sub-folder per class; images are resized and scaled to [0, 1]."""
+def _read_image(file: Path, mode: str, resolution: int) -> np.ndarray:
+    """One image scaled to [0, 1]; unreadable files and decompression bombs (images
+    over PIL's pixel limit, which would take gigabytes to decode) are refused."""
     from PIL import Image
 
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(file) as image:
+                image = image.convert(mode).resize((resolution, resolution))
+                return np.asarray(image, dtype=np.float32) / 255.0
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise UserError(f"image {str(file)!r} is too large to decode safely ({e}); resize it to "
+                        "a few thousand pixels a side or remove it.") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"image {str(file)!r} cannot be read ({e}); remove it or replace it "
+                        "with a valid image.") from None
+
+
+def load_image_folder(root: Path, config: DataConfig) -> Dataset:
+    """One sub-folder per class; images are resized and scaled to [0, 1]."""
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if len(classes) < 2:
         raise UserError(f"image folder {str(root)!r} needs one sub-folder per class (at least "
                         f"two); found {len(classes)}.")
-    mode = {1: "L", 3: "RGB"}.get(config.channels)
-    if mode is None:
-        raise UserError(f"data.channels must be 1 or 3 for image folders, got {config.channels}.")
+    mode = {1: "L", 3: "RGB"}[config.channels]
     images, labels = [], []
     for label, name in enumerate(classes):
         found = len(images)
         for file in sorted((root / name).iterdir()):
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            try:
-                with Image.open(file) as image:
-                    image = image.convert(mode).resize((config.resolution, config.resolution))
-                    pixels = np.asarray(image, dtype=np.float32) / 255.0
-            except OSError as e:
-                raise UserError(f"image {str(file)!r} cannot be read ({e}); remove it or "
-                                "replace it with a valid image.") from None
+            pixels = _read_image(file, mode, config.resolution)
             images.append(pixels.reshape(config.resolution, config.resolution, config.channels))
             labels.append(label)
         if len(images) == found:

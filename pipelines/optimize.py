@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from core.errors import UserError
-from core.keras_env import keras
+from core.keras_env import keras, tf
 from pipelines import pruning
 from pipelines.config import ModelConfig
 from pipelines.data import Dataset
@@ -23,13 +23,19 @@ def train_float(model: keras.Model, data: Dataset, config: ModelConfig, log_dir:
                learning_rate=config.train.learning_rate, log_dir=log_dir)
 
 
+def pruning_steps(config: ModelConfig, data: Dataset, warn: bool = True) -> pruning.PhaseSteps:
+    """The pruning phase's steps; the pitfall warnings are given once (`warn`)."""
+    total_steps = config.pruning.epochs * steps_per_epoch(data, config.train.batch_size)
+    return pruning.resolve_steps(config.pruning, total_steps, warn=warn)
+
+
 def prune(model: keras.Model, data: Dataset, config: ModelConfig, log_dir: Path
           ) -> tuple[keras.Model, dict]:
     """Fine-tune `model` under the pruning schedule; return the stripped model and
     the sparsity achieved per pruned weight."""
     p = config.pruning
     total_steps = p.epochs * steps_per_epoch(data, config.train.batch_size)
-    steps = pruning.resolve_steps(p, total_steps)
+    steps = pruning_steps(config, data)
     wrapped, callbacks, layer_names = pruning.wrap_for_pruning(model, p, steps)
     callbacks.append(tfmot.sparsity.keras.PruningSummaries(log_dir=str(log_dir)))
     history = fit(wrapped, data, epochs=p.epochs, batch_size=config.train.batch_size,
@@ -46,21 +52,51 @@ def _unsupported_layer(message: str) -> str:
     return match.group(1) if match else "a layer"
 
 
-def _quantize(apply, model: keras.Model, config: ModelConfig) -> keras.Model:
+def _quantize(apply, model: keras.Model, config: ModelConfig, option: str) -> keras.Model:
+    """`apply` (a TFMOT quantization) to `model`, or one UserError naming the layer and
+    the option that asked for it."""
+    where = f"model {config.name!r}: {option}"
+    integer_inputs = [t for t in model.inputs if t.dtype.is_integer]
+    if integer_inputs:
+        first = next((layer.name for layer in model.layers[1:]
+                      if any(t is integer_inputs[0] for t in tf.nest.flatten(layer.input))),
+                     "its first layer")
+        raise UserError(
+            f"{where}: the model's input {integer_inputs[0].name!r} is "
+            f"{integer_inputs[0].dtype.name} (ids into layer {first!r}), and TFMOT's QAT "
+            "fake-quantizes every model input, which only takes floats. Remove the qat_* and "
+            "pqat_* variants and the option for this model and use post-training quantization "
+            "(dynamic_range, int8) instead.")
     try:
         return apply(model)
-    except (RuntimeError, ValueError) as e:
+    except (RuntimeError, ValueError, TypeError) as e:
         layer = _unsupported_layer(str(e))
         raise UserError(
-            f"model {config.name!r}: TFMOT quantization-aware training cannot wrap {layer} "
+            f"{where}: TFMOT quantization-aware training cannot wrap {layer} "
             f"({str(e).splitlines()[0][:160]}). Remove the qat_* and pqat_* variants for this "
             "model and use post-training quantization (dynamic_range, int8) instead.") from None
+
+
+def qat_model(model: keras.Model, config: ModelConfig) -> keras.Model:
+    """The float model wrapped for quantization-aware training."""
+    return _quantize(tfmot.quantization.keras.quantize_model, model, config, "qat.enabled")
+
+
+def _prune_preserving(model: keras.Model) -> keras.Model:
+    scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+    annotated = tfmot.quantization.keras.quantize_annotate_model(model)
+    return tfmot.quantization.keras.quantize_apply(annotated, scheme)
+
+
+def pqat_model(pruned: keras.Model, config: ModelConfig) -> keras.Model:
+    """The stripped pruned model wrapped for QAT that keeps its zeros."""
+    return _quantize(_prune_preserving, pruned, config, "qat.prune_preserving")
 
 
 def quantize_aware(model: keras.Model, data: Dataset, config: ModelConfig, log_dir: Path
                    ) -> tuple[keras.Model, dict]:
     """QAT fine-tune of the float model."""
-    qat = _quantize(tfmot.quantization.keras.quantize_model, model, config)
+    qat = qat_model(model, config)
     history = fit(qat, data, epochs=config.qat.epochs, batch_size=config.train.batch_size,
                   learning_rate=config.qat.learning_rate, log_dir=log_dir)
     return qat, {"history": history}
@@ -70,13 +106,7 @@ def prune_preserving_qat(pruned: keras.Model, data: Dataset, config: ModelConfig
                          log_dir: Path, pruned_layers: list[str]) -> tuple[keras.Model, dict]:
     """QAT of the stripped pruned model with TFMOT's prune-preserving scheme; the
     sparsity after QAT is measured, since it is the point of the exercise."""
-    scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
-
-    def apply(model):
-        annotated = tfmot.quantization.keras.quantize_annotate_model(model)
-        return tfmot.quantization.keras.quantize_apply(annotated, scheme)
-
-    pqat = _quantize(apply, pruned, config)
+    pqat = pqat_model(pruned, config)
     history = fit(pqat, data, epochs=config.qat.epochs, batch_size=config.train.batch_size,
                   learning_rate=config.qat.learning_rate, log_dir=log_dir)
     wrapped_names = pruned_layers + [f"quant_{name}" for name in pruned_layers]

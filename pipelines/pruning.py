@@ -34,14 +34,22 @@ class PhaseSteps:
     frequency: int
 
 
-def resolve_steps(config: PruningConfig, total_steps: int) -> PhaseSteps:
-    """Fill in defaults and warn about settings under which nothing gets pruned."""
+def resolve_steps(config: PruningConfig, total_steps: int, warn: bool = True) -> PhaseSteps:
+    """Fill in defaults and warn (if `warn`) about settings under which nothing gets
+    pruned."""
     end = config.end_step if config.end_step is not None else max(1, int(total_steps * 0.5))
     begin = config.begin_step
     ramp = config.ramp_step if config.ramp_step is not None else begin + int((end - begin) * 0.4)
     if not begin <= ramp <= end:
         raise UserError(f"pruning steps must satisfy begin_step <= ramp_step <= end_step; got "
-                        f"{begin}, {ramp}, {end}.")
+                        f"{begin}, {ramp}, {end} (end_step defaults to half of the phase's "
+                        f"{total_steps} steps).")
+    if warn:
+        _warn_of_pitfalls(config, total_steps, begin, end)
+    return PhaseSteps(begin, ramp, end, config.frequency)
+
+
+def _warn_of_pitfalls(config: PruningConfig, total_steps: int, begin: int, end: int) -> None:
     if config.frequency > total_steps:
         logging.warning(
             "pruning.frequency=%d is larger than the %d optimizer steps of the pruning phase, "
@@ -57,7 +65,6 @@ def resolve_steps(config: PruningConfig, total_steps: int) -> PhaseSteps:
             "pruning.end_step=%d is after the last of %d steps, so target_sparsity %.2f is not "
             "reached. Set pruning.end_step to at most %d or raise pruning.epochs.",
             end, total_steps, config.target_sparsity, total_steps)
-    return PhaseSteps(begin, ramp, end, config.frequency)
 
 
 class NarangThreshold:

@@ -1,18 +1,19 @@
 """One pipeline run: data -> train -> optimize -> convert -> validate -> benchmark -> report.
 
 Artifacts of a run folder (see README "What the default run produces"):
-  <model>/keras/{float,pruned,qat,pqat}.keras   trained Keras models
+  <model>/keras/{float,pruned}.keras, {qat,pqat}.h5   trained Keras models
   <model>/tflite/<variant>.tflite                converted variants
   <model>/logs/<phase>/                          TensorBoard logs (with pruning summaries)
   <model>/stages/*.json                          per-stage manifests (cache keys + records)
   results.json, report.md, plots/*.png
+  .edgepipe.lock                                 the lock a run holds (core/folder_lock.py)
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime
+import functools
 import gzip
-import hashlib
+import importlib.metadata
 import os
 import platform
 from pathlib import Path
@@ -20,47 +21,32 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
+from android_bench.runner import litert_library
 from core import atomic
+from core.folder_lock import locked_folder
 from core.errors import UserError
 from core.keras_env import keras, tf
-from models.registry import build_model, ensure_tf_keras_model
+from models.registry import build_model, builder_sources, ensure_tf_keras_model
 from models.summary import summarize
-from pipelines import optimize, pruning, report
-from pipelines.benchmark import check_benchmark, measure as measure_target
-from pipelines.config import ModelConfig, RunConfig, to_dict, variant_stage
+from pipelines import keras_io, optimize, preflight, pruning, report
+from pipelines.benchmark import measure as measure_target
+from pipelines.config import ModelConfig, RunConfig, checked, to_dict, variant_stage
 from pipelines.data import Dataset, load_dataset
+from pipelines.fingerprints import (arrays_digest, files_digest, keras_model_digest,
+                                    modules_digest)
 from pipelines.stages import StageRunner, stage_key
 from pipelines.train import accuracy, predict, set_seed
 from pipelines.validate import ValidationFailed, check_float32, validate_variant
+from tflite import convert as tflite_convert, flatbuffer_rewrite
 from tflite.convert import convert_model
 from tflite.inspect import inspect_model
+from tflite.ops import sparse_gru_lowering
 from tflite.ops.sparse_gru_lowering import convert_with_sparse_gru
+from tflite.runtime.binding import library_path as runtime_library_path
 
+TRAINING_PHASES = ("float", "pruned", "qat", "pqat")
 CONVERTER_QUANTIZATION = {"float32": "none", "dynamic_range": "dynamic_range",
                           "int8": "int8", "float16": "float16"}
-
-
-def _array_digest(data: Dataset) -> str:
-    digest = hashlib.sha256()
-    for array in (data.x_train, data.y_train, data.x_val, data.y_val, data.x_test, data.y_test):
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()[:16]
-
-
-def save_keras(model: keras.Model, path: Path) -> None:
-    """Save atomically: Keras writes a temporary .keras file that is then renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
-    try:
-        model.save(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def load_keras(path: Path) -> keras.Model:
-    with optimize.load_scope():
-        return keras.models.load_model(path, compile=False)
 
 
 class ModelRun:
@@ -74,33 +60,68 @@ class ModelRun:
         self.data = data
         self.given_model = model
         self.folder = Path(run.output_dir) / config.name
-        self.keys: dict[str, str] = {}
+        self.keys: dict[str, str] = {"data": arrays_digest(
+            data.x_train, data.y_train, data.x_val, data.y_val, data.x_test, data.y_test)}
         self.records: dict[str, dict] = {}
         self._keras: dict[str, keras.Model] = {}
         self._keras_outputs: dict[str, np.ndarray] = {}
 
     # -- training phases -------------------------------------------------------------
 
-    def _phase(self, phase: str, key: str, compute) -> None:
-        """Run one Keras phase whose output is keras/<phase>.keras."""
-        path = self.folder / "keras" / f"{phase}.keras"
+    def plan(self) -> None:
+        """Every training phase's key, before any phase runs: the float model's comes
+        from the data, the builder's code or saved file (or the in-memory model's
+        weights) and the training settings; each later phase's from the phase it
+        starts from and its own settings. The saved file's name is in each key, so a
+        change of save format is a new result."""
+        c = self.config
+        self.keys["model"] = (keras_model_digest(self.given_model) if self.given_model is not None
+                              else stage_key("model", c.builder, c.options,
+                                             files_digest(builder_sources(c.builder))))
+        self._plan_phase("float", self.keys["data"], self.keys["model"], c.train.model_dump(),
+                         self.run.seed)
+        if c.pruning.enabled:
+            self._plan_phase("pruned", self.keys["float"], c.pruning.model_dump())
+        if c.qat.enabled:
+            self._plan_phase("qat", self.keys["float"], c.qat.model_dump())
+        if c.qat.prune_preserving and c.pruning.enabled:
+            self._plan_phase("pqat", self.keys["pruned"], c.qat.model_dump())
+
+    def _plan_phase(self, phase: str, *inputs) -> None:
+        self.keys[phase] = stage_key(phase, *inputs, keras_io.phase_path(self.folder, phase).name)
+
+    def check_feasible(self) -> None:
+        """Ask the untrained model what the phases still to train can handle
+        (pipelines/preflight.py); nothing to ask when every phase is saved."""
+        pending = {phase for phase in TRAINING_PHASES if phase in self.keys and
+                   self.stages.cached(self.config.name, phase, self.keys[phase],
+                                      [keras_io.phase_path(self.folder, phase)]) is None}
+        if pending:
+            with self.stages.timed("preflight"):
+                preflight.check_phases(self._initial_model(), self.data, self.config, pending)
+
+    def _phase(self, phase: str, compute) -> None:
+        """Run one Keras phase whose output is its saved model (keras_io.phase_path).
+        Each phase starts from the run's seed, so a resumed run trains what an
+        uninterrupted one would."""
+        path = keras_io.phase_path(self.folder, phase)
 
         def run_phase() -> dict:
+            set_seed(self.run.seed)
             model, record = compute()
-            save_keras(model, path)
+            keras_io.save(model, path)
             self._keras[phase] = model
             return record
 
-        self.keys[phase] = key
-        self.records[phase] = self.stages.run(self.config.name, phase, key, [path], run_phase)
+        self.records[phase] = self.stages.run(self.config.name, phase, self.keys[phase], [path],
+                                              run_phase)
 
     def keras_model(self, phase: str) -> keras.Model:
         if phase not in self._keras:
-            self._keras[phase] = load_keras(self.folder / "keras" / f"{phase}.keras")
+            self._keras[phase] = keras_io.load(keras_io.phase_path(self.folder, phase))
         return self._keras[phase]
 
     def _initial_model(self) -> keras.Model:
-        set_seed(self.run.seed)
         if self.given_model is not None:
             ensure_tf_keras_model(self.given_model)
             return self.given_model
@@ -109,10 +130,6 @@ class ModelRun:
 
     def train(self) -> None:
         c = self.config
-        model_identity = (self.given_model.to_json() if self.given_model is not None
-                          else [c.builder, c.options])
-        key = stage_key("float", self.keys["data"], model_identity,
-                        dataclasses.asdict(c.train), self.run.seed)
 
         def compute():
             model = self._initial_model()
@@ -121,23 +138,20 @@ class ModelRun:
             return model, {"history": history,
                            "keras_accuracy": accuracy(model, self.data.x_test, self.data.y_test)}
 
-        self._phase("float", key, compute)
+        self._phase("float", compute)
 
     def optimize(self) -> None:
         c = self.config
         logs = self.folder / "logs"
-        if c.pruning.enabled:
-            key = stage_key("pruned", self.keys["float"], dataclasses.asdict(c.pruning))
-            self._phase("pruned", key, lambda: optimize.prune(
+        if "pruned" in self.keys:
+            self._phase("pruned", lambda: optimize.prune(
                 self.keras_model("float"), self.data, c, logs / "pruned"))
-        if c.qat.enabled:
-            key = stage_key("qat", self.keys["float"], dataclasses.asdict(c.qat))
-            self._phase("qat", key, lambda: optimize.quantize_aware(
+        if "qat" in self.keys:
+            self._phase("qat", lambda: optimize.quantize_aware(
                 self.keras_model("float"), self.data, c, logs / "qat"))
-        if c.qat.prune_preserving and c.pruning.enabled:
-            key = stage_key("pqat", self.keys["pruned"], dataclasses.asdict(c.qat))
+        if "pqat" in self.keys:
             pruned_layers = sorted({r["layer"] for r in self.records["pruned"]["layers"]})
-            self._phase("pqat", key, lambda: optimize.prune_preserving_qat(
+            self._phase("pqat", lambda: optimize.prune_preserving_qat(
                 self.keras_model("pruned"), self.data, c, logs / "pqat", pruned_layers))
 
     # -- conversion, validation, benchmark -------------------------------------------
@@ -152,7 +166,12 @@ class ModelRun:
         path = self.folder / "tflite" / f"{variant}.tflite"
         samples = self.config.representative_samples
         lowering = self.config.gru_lowering
-        key = stage_key("convert", self.keys[phase], variant, samples, tf.__version__, lowering)
+        # Calibration data only shapes int8 variants.
+        calibration = samples if quantization == "int8" and lowering == "builtin" else None
+        key = stage_key("convert", self.keys[phase], variant, calibration, tf.__version__, lowering,
+                        sparse_gru_lowering.FORMAT_VERSION if lowering == "sparse_gru" else None,
+                        _conversion_code())
+        self.keys[f"convert_{variant}"] = key
 
         def compute() -> dict:
             model = self.keras_model(phase)
@@ -179,7 +198,8 @@ class ModelRun:
 
     def validate(self, variant: str, convert_key: str) -> dict:
         phase, _ = variant_stage(variant)
-        key = stage_key("validate", convert_key, self.keys["data"])
+        key = self.keys[f"validate_{variant}"] = stage_key("validate", convert_key,
+                                                            self.keys["data"], _runtime_digest())
         path = self.folder / "tflite" / f"{variant}.tflite"
         return self.stages.run(
             self.config.name, f"validate_{variant}", key, [],
@@ -226,13 +246,28 @@ class ModelRun:
                  "data": self.data.description, "input_shape": list(self.data.input_shape),
                  "num_classes": self.data.num_classes, "params": cost.total_params,
                  "mult_adds": cost.total_mult_adds,
-                 "keras_accuracy": self.records["float"]["keras_accuracy"]}
+                 "keras_accuracy": self.records["float"]["keras_accuracy"],
+                 "stage_keys": dict(self.keys)}
         for phase, field in (("pruned", "pruning"), ("pqat", "pqat")):
             if phase in self.records:
                 record = self.records[phase]
                 entry[field] = {k: record[k] for k in ("schedule", "sparsity", "layers")
                                 if k in record}
         return entry
+
+
+@functools.cache
+def _conversion_code() -> str:
+    """The converter and lowering code, whose thresholds and encodings shape every
+    .tflite file (a change to them reconverts)."""
+    return modules_digest([tflite_convert, sparse_gru_lowering, flatbuffer_rewrite])
+
+
+@functools.cache
+def _runtime_digest() -> str:
+    """The native runtime and the LiteRT library validation runs on."""
+    return stage_key("runtime", files_digest([runtime_library_path(), litert_library()]),
+                     importlib.metadata.version("ai-edge-litert"))
 
 
 def _host() -> dict:
@@ -256,18 +291,30 @@ def run_pipeline(config: RunConfig, datasets: dict[str, Dataset] | None = None,
     if unknown:
         raise UserError(f"no model named {unknown[0]!r} in the config; models are "
                         f"{', '.join(m.name for m in config.models)}.")
-    check_benchmark(config.benchmark)
+    # Checked again as a whole: Python callers may have changed lists in place.
+    config = checked(RunConfig, config.model_dump())
     output_dir = Path(config.output_dir)
     atomic.check_writable_folder(output_dir, "output_dir")
+    with locked_folder(output_dir, "output_dir"):
+        return _run_models(config, datasets, keras_models)
+
+
+def _run_models(config: RunConfig, datasets: dict[str, Dataset],
+                keras_models: dict[str, keras.Model]) -> dict:
+    output_dir = Path(config.output_dir)
     previous = report.read_results(output_dir)
     stages = StageRunner(output_dir)
-    model_entries, variant_rows = [], []
+    runs = []
     for model_config in config.models:
-        logging.info("model %s: %s", model_config.name, model_config.builder)
         with stages.timed("data"):
             data = datasets.get(model_config.name) or load_dataset(model_config.data)
         run = ModelRun(model_config, config, stages, data, keras_models.get(model_config.name))
-        run.keys["data"] = _array_digest(data)
+        run.plan()
+        run.check_feasible()
+        runs.append(run)
+    model_entries, variant_rows = [], []
+    for run in runs:
+        logging.info("model %s: %s", run.config.name, run.config.builder)
         run.train()
         run.optimize()
         variant_rows += run.variants()

@@ -1,23 +1,12 @@
-"""The `edgepipe` command's user mistakes: one clear line, exit 1, nothing written."""
+"""The `edgepipe` command's user mistakes: one clear line, exit 1, nothing written
+(in-process, as tests/fixtures/cli.py runs it)."""
 import dataclasses
 import json
-import subprocess
-import sys
 
 import pytest
 
 from android_bench.runner import RunSettings
-
-
-def edgepipe(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True,
-                          text=True, timeout=300, cwd=cwd)
-
-
-def assert_user_error(result: subprocess.CompletedProcess, message: str) -> None:
-    assert result.returncode == 1, result.stderr[-2000:]
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
+from fixtures.cli import assert_user_error, edgepipe
 
 
 def test_unknown_command_prints_usage():
@@ -35,15 +24,21 @@ def test_unknown_command_prints_usage():
     (["bench"], "bench needs --model"),
     (["bench", "--model", "/no/model.tflite"], "--model '/no/model.tflite' does not exist"),
     (["summary", "--builder", "resnet50"], "resnet50"),
-    (["run", "--set", "benchmark.num_runs=0"], "num_runs must be at least 1, got 0"),
-    (["run", "--set", "benchmark.threads=[0]"], "benchmark.threads must list thread counts"),
-    (["bench", "--model", __file__, "--warmup_runs", "-1"], "warmup_runs must be 0 or more"),
-    (["bench-ops", "--min_secs", "-2"], "min_secs must be 0 or more seconds, got -2.0"),
+    (["run", "--set", "benchmark.num_runs=0"],
+     "config: benchmark.num_runs: input should be greater than or equal to 1 (got 0)."),
+    (["run", "--set", "benchmark.threads=[0]"],
+     "benchmark.threads[0]: input should be greater than or equal to 1 (got 0)"),
+    (["bench", "--model", __file__, "--warmup_runs", "-1"],
+     "edgepipe bench: --warmup_runs: input should be greater than or equal to 0 (got -1)."),
+    (["bench-ops", "--min_secs", "-2"], "--min_secs: input should be greater than or equal to 0 "
+     "(got -2.0)."),
     (["bench-ops", "--steps", "0"], "--steps must be at least 1, got 0"),
     (["bench", "--model", __file__, "--warmup_min_secs", "-1"],
-     "warmup_min_secs must be 0 or more seconds, got -1.0"),
+     "--warmup_min_secs: input should be greater than or equal to 0 (got -1.0)."),
     (["bench", "--model", __file__, "--max_tensor_bytes", "-1"],
-     "max_tensor_bytes must be 0 (the runtime's default) or a byte count, got -1"),
+     "--max_tensor_bytes: input should be greater than or equal to 0 (got -1)."),
+    (["bench", "--model", __file__, "--affinity", "zz"],
+     "--affinity: 'zz' is not a CPU mask in hex as taskset takes it, e.g. f0"),
     (["bench", "--model", __file__, "--input_layer", "x"],
      "input_layer is set but input_layer_shape is not: give both, one shape per input name"),
     (["bench", "--model", __file__, "--input_layer", "x", "--input_layer_shape", "1,four"],

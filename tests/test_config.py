@@ -38,12 +38,13 @@ def test_override_of_unknown_model_names_the_models():
 
 
 def test_unknown_key_is_named_with_the_valid_keys():
-    with pytest.raises(UserError, match=r"models\[0\].train: unknown key 'epoch'.*epochs"):
+    with pytest.raises(UserError, match=r"models.m.train: unknown key 'epoch'.*epochs"):
         parse_config(minimal(train={"epoch": 3}))
 
 
 def test_wrong_type_is_named():
-    with pytest.raises(UserError, match=r"models\[0\].train.epochs: expected int, got 'ten'"):
+    with pytest.raises(UserError, match=r"models.m.train.epochs: input should be a valid integer "
+                                        r"\(got 'ten'\)"):
         parse_config(minimal(train={"epochs": "ten"}))
 
 
@@ -69,9 +70,10 @@ def test_pruned_variant_needs_pruning():
 
 
 def test_bad_schedule_and_sparsity():
-    with pytest.raises(UserError, match="pruning.schedule 'cubic' is not one of"):
+    with pytest.raises(UserError, match="pruning.schedule: input should be 'polynomial_decay', "
+                                        "'constant', 'narang' or 'm_by_n' \\(got 'cubic'\\)"):
         parse_config(minimal(pruning={"schedule": "cubic"}))
-    with pytest.raises(UserError, match=r"target_sparsity must be in \[0, 1\)"):
+    with pytest.raises(UserError, match=r"pruning.target_sparsity: input should be less than 1"):
         parse_config(minimal(pruning={"target_sparsity": 1.5}))
 
 
@@ -95,3 +97,57 @@ def test_variant_stage():
     assert variant_stage("pruned_int8") == ("pruned", "int8")
     assert variant_stage("pqat_int8") == ("pqat", "int8")
     assert variant_stage("dynamic_range") == ("float", "dynamic_range")
+
+
+@pytest.mark.parametrize("name", ["../../escape", "", "a/b", "a.b", "plots", "Plots", "x" * 65,
+                                  "-dash", "with space"])
+def test_model_names_are_plain_identifiers(name):
+    """A model's name is its folder in output_dir: nothing may lead outside it or onto
+    the run folder's own folders, and it must stay addressable by --set."""
+    with pytest.raises(UserError, match="model name .* (not a plain identifier|run folder's)"):
+        parse_config({"models": [{"name": name, "builder": "mobilenet_v1"}]})
+
+
+def test_model_names_differing_in_case_are_one_folder():
+    with pytest.raises(UserError, match="model name 'GRU' is used twice .*ignoring case"):
+        parse_config({"models": [{"name": "gru", "builder": "gru_classifier"},
+                                 {"name": "GRU", "builder": "gru_classifier"}]})
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"pruning": {"initial_sparsity": 2}},
+     r"models.m.pruning.initial_sparsity: input should be less than 1 \(got 2\)"),
+    ({"pruning": {"initial_sparsity": 0.9, "target_sparsity": 0.5}},
+     "initial_sparsity 0.9 is above target_sparsity 0.5"),
+    ({"pruning": {"layers": ["conv_pw_.*", "("]}},
+     r"pruning.layers: '\(' \(item 1\) is not a valid regular expression"),
+    ({"pruning": {"begin_step": 50, "end_step": 10}},
+     "begin_step <= ramp_step <= end_step; got 50, None, 10"),
+    ({"pruning": {"m_by_n": [4, 4]}}, r"m_by_n \[4, 4\] keeps m of every n weights"),
+    ({"pruning": {"frequency": 0}}, "pruning.frequency: input should be greater than or equal"),
+    ({"data": {"resolution": 0}}, r"data.resolution: input should be greater than or equal to 1"),
+    ({"data": {"channels": 2}}, r"data.channels: input should be 1 or 3 \(got 2\)"),
+    ({"data": {"test_fraction": 0.6, "val_fraction": 0.5}}, "leave nothing for training"),
+    ({"train": {"learning_rate": float("nan")}},
+     r"train.learning_rate: nan is not a usable learning rate"),
+    ({"train": {"batch_size": True}}, r"train.batch_size: input should be a valid integer"),
+    ({"variants": ["int8", "int8"]}, "variant 'int8' is listed twice"),
+    ({"representative_samples": 0}, "representative_samples: input should be greater than"),
+])
+def test_out_of_range_and_impossible_settings_are_refused(model, message):
+    with pytest.raises(UserError, match=message):
+        parse_config(minimal(**model))
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(UserError) as error:
+        parse_config({"models": [{"name": "m", "builder": "b", "train": {"epochs": -1}}],
+                      "benchmark": {"num_runs": 0}})
+    assert "models.m.train.epochs" in str(error.value)
+    assert "benchmark.num_runs" in str(error.value)
+
+
+def test_set_value_that_is_not_yaml_is_refused():
+    data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    with pytest.raises(UserError, match=r"the value '\{alpha: \[0.5' is not valid YAML"):
+        apply_override(data, "models.mobilenet.options={alpha: [0.5")

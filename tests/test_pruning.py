@@ -149,5 +149,7 @@ def test_end_step_after_the_phase_warns(caplog):
 
 
 def test_inconsistent_steps():
-    with pytest.raises(UserError, match="begin_step <= ramp_step <= end_step"):
-        pruning.resolve_steps(PruningConfig(begin_step=50, end_step=10), total_steps=100)
+    """A begin_step after the default end_step (half of the phase's steps)."""
+    with pytest.raises(UserError, match="begin_step <= ramp_step <= end_step; got 80, 68, 50 "
+                                        r"\(end_step defaults to half of the phase's 100 steps\)"):
+        pruning.resolve_steps(PruningConfig(begin_step=80), total_steps=100)

@@ -60,7 +60,8 @@ def test_validate_variant_with_one_nan_input_fails(tmp_path):
                                          (".inf", "inf")])
 @pytest.mark.parametrize("phase", ["train", "pruning", "qat"])
 def test_config_refuses_bad_learning_rate(text, shown, phase):
-    with pytest.raises(UserError, match=rf"{phase}.learning_rate is {shown}; it must be "
+    with pytest.raises(UserError, match=rf"{phase}.learning_rate: {shown} is not a usable "
+                                        r"learning rate; it must be "
                                         r"a finite number above 0, e\.g\. 1e-3\.$"):
         load_config(overrides=[f"models.mobilenet.{phase}.learning_rate={text}"])
 
@@ -105,4 +106,5 @@ def test_cli_run_with_nan_input_exits_1(tmp_path):
 def test_cli_run_with_nan_learning_rate_exits_1(tmp_path):
     result = _run(tmp_path, ".nan", np.random.default_rng(0).random((20, 4, 3)))
     assert result.returncode == 1, result.stderr[-2000:]
-    assert "train.learning_rate is nan; it must be a finite number" in result.stderr
+    assert "train.learning_rate: nan is not a usable learning rate; it must be a finite number" \
+        in result.stderr

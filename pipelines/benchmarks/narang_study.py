@@ -11,7 +11,6 @@ Prints a table; `--json_output` also writes the rows.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import tempfile
 from pathlib import Path
@@ -51,7 +50,7 @@ def train(label: str, units: int, data, schedule: str | None, sparsity: float = 
     """Train one GRU classifier from scratch, pruning during training if asked."""
     set_seed(0)
     model = gru_classifier(data.input_shape, data.num_classes, units=[units])
-    config = ModelConfig(name=label, builder="gru_classifier",
+    config = ModelConfig(name="narang_study", builder="gru_classifier",
                          train=TrainConfig(epochs=FLAGS.epochs, batch_size=32,
                                            learning_rate=0.003))
     logs = Path(tempfile.mkdtemp(prefix="narang-"))
@@ -70,7 +69,7 @@ def train(label: str, units: int, data, schedule: str | None, sparsity: float = 
             options.update(end_step=int(steps * 0.75), frequency=10)
         else:
             options.update(end_step=begin, frequency=1)
-        config = dataclasses.replace(config, pruning=PruningConfig(**options))
+        config = config.model_copy(update={"pruning": PruningConfig(**options)})
         model, record = prune(model, data, config, logs)
         achieved = record["sparsity"]
     return {"model": label, "units": units, "schedule": schedule or "dense",

@@ -104,6 +104,12 @@ def lower_sparse_gru(model: keras.Model, precision: str = "float32",
     return SparseGruConversion(align_constant_buffers(_rewrite(flatbuffer, ops)), lowered)
 
 
+def check_lowerable(model: keras.Model) -> None:
+    """Refuse a model whose GRU layers SparseGRU cannot compute; it needs only the
+    architecture, so the pipeline asks before any training."""
+    _gru_layers(model)
+
+
 def _gru_layers(model: keras.Model) -> list:
     """The model's GRU layers, checked against what the op computes."""
     if not isinstance(model, keras.Model) or not getattr(model, "_is_graph_network", False):
