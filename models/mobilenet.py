@@ -51,6 +51,7 @@ def mobilenet_v1(
     depth_multiplier: int = 1,
     dropout: float = 1e-3,
     batch_norm_momentum: float = 0.9,
+    explicit_padding: bool = False,
     name: str = "mobilenet_v1",
 ) -> keras.Model:
     """Build MobileNet v1 for `input_shape` = (height, width, channels) images.
@@ -62,29 +63,45 @@ def mobilenet_v1(
     BatchNorm momentum defaults to 0.9, not Keras' 0.99: on small data sets (a few
     hundred steps) the moving variance otherwise still carries its initial 1.0,
     far above the true variance, and inference-mode accuracy collapses to chance.
+
+    `explicit_padding` pads every stride-2 layer with one zero row and column on each
+    side (ZeroPadding2D) and convolves with "valid" padding: the graph XNNPACK's own
+    sparse inference accepts on ARM (a symmetric-padded 3x3 stride-2 stem, no "same"
+    padding on stride-2 layers, a MEAN at the end). Output sizes are those of "same".
     """
     _validate(input_shape, num_classes, alpha, depth_multiplier, dropout)
     inputs = keras.Input(shape=tuple(input_shape), name="input")
+    stem_input, stem_padding = _stride2_input(inputs, "conv1", explicit_padding)
     x = keras.layers.Conv2D(
-        scaled_channels(_STEM_CHANNELS, alpha), 3, strides=2, padding="same",
+        scaled_channels(_STEM_CHANNELS, alpha), 3, strides=2, padding=stem_padding,
         use_bias=False, name="conv1",
-    )(inputs)
+    )(stem_input)
     x = keras.layers.BatchNormalization(momentum=batch_norm_momentum, name="conv1_bn")(x)
     x = keras.layers.ReLU(6.0, name="conv1_relu")(x)
     for i, (channels, stride) in enumerate(_BLOCKS, start=1):
         x = _separable_block(x, i, scaled_channels(channels, alpha), stride, depth_multiplier,
-                             batch_norm_momentum)
+                             batch_norm_momentum, explicit_padding)
     x = keras.layers.GlobalAveragePooling2D(name="global_pool")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
     return keras.Model(inputs, outputs, name=name)
 
 
+def _stride2_input(x, name: str, explicit: bool):
+    """The input and padding mode of a stride-2 3x3 layer (see `explicit_padding`)."""
+    if not explicit:
+        return x, "same"
+    return keras.layers.ZeroPadding2D(1, name=f"{name}_pad")(x), "valid"
+
+
 def _separable_block(x, index: int, channels: int, stride: int, depth_multiplier: int,
-                     momentum: float):
+                     momentum: float, explicit_padding: bool):
     """Depthwise 3x3 + BN + ReLU6, then pointwise 1x1 + BN + ReLU6 (paper, Fig. 3)."""
+    padding = "same"
+    if stride == 2:
+        x, padding = _stride2_input(x, f"conv_dw_{index}", explicit_padding)
     x = keras.layers.DepthwiseConv2D(
-        3, strides=stride, padding="same", depth_multiplier=depth_multiplier,
+        3, strides=stride, padding=padding, depth_multiplier=depth_multiplier,
         use_bias=False, name=f"conv_dw_{index}",
     )(x)
     x = keras.layers.BatchNormalization(momentum=momentum, name=f"conv_dw_{index}_bn")(x)

@@ -62,6 +62,27 @@ def mobilenet_224():
     return summarize(mobilenet_v1((224, 224, 3), 1000))
 
 
+def test_explicit_padding_builds_the_graph_xnnpack_sparse_inference_takes():
+    """Symmetric ZeroPadding2D + "valid" on every stride-2 layer, "same" nowhere with
+    stride 2, a MEAN at the end after conversion; same shapes and weights as "same"."""
+    from tflite.convert import convert_model
+    from tflite.inspect import inspect_model
+
+    same = mobilenet_v1((64, 64, 3), 10, alpha=0.25)
+    explicit = mobilenet_v1((64, 64, 3), 10, alpha=0.25, explicit_padding=True)
+    strided = [layer for layer in explicit.layers if getattr(layer, "strides", (1, 1)) == (2, 2)]
+    assert [layer.name for layer in strided] == ["conv1", "conv_dw_2", "conv_dw_4",
+                                                  "conv_dw_6", "conv_dw_12"]
+    assert all(layer.padding == "valid" for layer in strided)
+    pads = [layer for layer in explicit.layers if isinstance(layer, keras.layers.ZeroPadding2D)]
+    assert len(pads) == 5 and all(p.padding == ((1, 1), (1, 1)) for p in pads)
+    assert explicit.count_params() == same.count_params()
+    assert [layer.output_shape for layer in explicit.layers if layer not in pads] == \
+        [layer.output_shape for layer in same.layers]
+    ops = inspect_model(convert_model(explicit, "none")).op_counts
+    assert ops["PAD"] == 5 and ops["MEAN"] == 1
+
+
 def test_mobilenet_224_matches_paper(mobilenet_224):
     # Howard et al. 2017, Table 8: 1.0 MobileNet-224 has 4.2M params and 569M mult-adds.
     assert mobilenet_224.total_params == 4_253_864  # every weight, BN moving statistics included
