@@ -65,10 +65,15 @@ flags.DEFINE_string("json_output", None, "bench/bench-ops: also write the result
                     "this file.")
 # bench-ops
 flags.DEFINE_string("op", "sparse_gru", "bench-ops: the custom op to benchmark.")
-flags.DEFINE_list("hidden", ["256", "512", "1024"], "bench-ops: layer sizes (input = hidden).")
+flags.DEFINE_list("hidden", ["256", "512", "1024"], "bench-ops: layer sizes (input = hidden; "
+                  "sparse_gru).")
 flags.DEFINE_list("sparsities", ["0", "0.5", "0.8", "0.9", "0.95"], "bench-ops: weight "
                   "sparsities of the custom op.")
-flags.DEFINE_integer("steps", 50, "bench-ops: sequence length.")
+flags.DEFINE_integer("steps", 50, "bench-ops: sequence length (sparse_gru).")
+flags.DEFINE_list("workloads", ["mobilenet_v1_1.0_224", "block_56x56x128", "block_28x28x256",
+                                "block_14x14x512", "block_7x7x1024"],
+                  "bench-ops: sparse_separable workloads, the whole MobileNet v1 1.0 224 and "
+                  "single blocks.")
 flags.DEFINE_integer("rounds", 2, "bench-ops: measure every model this many times, every other "
                      "round in reverse order, and average (drift falls on all alike).")
 
@@ -167,9 +172,11 @@ def command_bench(args: list[str]) -> None:
 
 def command_bench_ops(args: list[str]) -> None:
     from pipelines.benchmark import run_settings
-    from pipelines.benchmarks.bench_ops import bench_op, format_table
+    from pipelines.benchmarks import bench_separable as separable
+    from pipelines.benchmarks.bench_ops import bench_sparse_gru, check_op, format_table
     from pipelines.config import BenchmarkConfig, checked
 
+    check_op(FLAGS.op)
     try:
         sparsities = [float(s) for s in FLAGS.sparsities]
     except ValueError:
@@ -195,8 +202,18 @@ def command_bench_ops(args: list[str]) -> None:
         if FLAGS.json_output:
             atomic.write_json(FLAGS.json_output, rows)
 
-    rows = bench_op(FLAGS.op, _ints(FLAGS.hidden, "hidden"), sparsities, FLAGS.steps,
-                    _ints(FLAGS.threads, "threads"), settings, FLAGS.rounds, on_rows=save)
+    threads = _ints(FLAGS.threads, "threads")
+    if FLAGS.op == "sparse_separable":
+        unknown = sorted(set(FLAGS.workloads) - set(separable.WORKLOADS))
+        if unknown or not FLAGS.workloads:
+            raise UserError(f"--workloads: {unknown[0] if unknown else 'none given'!r} is not a "
+                            f"workload; choose from {', '.join(separable.WORKLOADS)}.")
+        rows = separable.bench_separable(FLAGS.workloads, sparsities, threads, settings,
+                                         FLAGS.rounds, on_rows=save)
+        print(separable.format_table(rows))
+        return
+    rows = bench_sparse_gru(_ints(FLAGS.hidden, "hidden"), sparsities, FLAGS.steps, threads,
+                            settings, FLAGS.rounds, on_rows=save)
     print(format_table(rows))
 
 

@@ -2,10 +2,11 @@
 
 Debian's aarch64 cross compiler builds every C++ source (runtime, runner,
 kernels, fuzz targets, tests) with the project's warning flags, and the
-SparseGRU kernel's own GoogleTest program (the portable NEON build of the
-computation, held to a scalar reference) runs under qemu's user mode
-emulation. LiteRT's arm64 library is not on this machine, so nothing that
-calls into LiteRT is linked; the kernel and its test do not call it.
+SparseGRU and SparseSeparableConv kernels' own GoogleTest programs (the
+portable NEON builds of the computations, held to scalar references) run under
+qemu's user mode emulation. LiteRT's arm64 library is not on this machine, so
+nothing that calls into LiteRT is linked; the kernels and their tests do not
+call it.
 
 The headers the sources take from the host's /usr/include are architecture
 independent (flatbuffers, GoogleTest), so only those folders are put on the
@@ -21,7 +22,8 @@ import re
 import subprocess
 from pathlib import Path
 
-from fixtures.fuzzing import REPO, SPARSE_GRU_SOURCES, generate_model_schema, require_tool
+from fixtures.fuzzing import (REPO, SPARSE_GRU_SOURCES, SPARSE_SEPARABLE_SOURCES,
+                              generate_model_schema, require_tool)
 
 CROSS_CXX = "aarch64-linux-gnu-g++"
 QEMU = "qemu-aarch64-static"
@@ -64,7 +66,8 @@ def test_every_native_source_compiles_for_arm64(tmp_path):
     assert sorted(path.stem for path in objects.glob("*.o")) == sorted(s.stem for s in sources)
 
 
-def test_sparse_gru_kernel_test_passes_on_arm64(tmp_path):
+def _kernel_test_passes_on_arm64(tmp_path: Path, test_name: str, sources: list[Path]) -> None:
+    """Builds a kernel's GoogleTest program for aarch64 and runs it under qemu."""
     require_tool(QEMU)
     headers = _host_headers(tmp_path)
     # GoogleTest for aarch64, without the project's -Werror (not our code).
@@ -73,9 +76,9 @@ def test_sparse_gru_kernel_test_passes_on_arm64(tmp_path):
         gtest_objects.append(tmp_path / f"{source.stem}.o")
         _compile([f"-I{GOOGLETEST / 'include'}", f"-I{GOOGLETEST}", "-c", str(source), "-o",
                   str(gtest_objects[-1])], flags=["-std=c++17", "-O1"])
-    test_source = REPO / "tflite" / "ops" / "sparse_gru_kernel_test.cc"
-    binary = tmp_path / "sparse_gru_kernel_test"
-    _compile([*headers, "-static", str(test_source), *map(str, SPARSE_GRU_SOURCES),
+    test_source = REPO / "tflite" / "ops" / f"{test_name}.cc"
+    binary = tmp_path / test_name
+    _compile([*headers, "-static", str(test_source), *map(str, sources),
               *map(str, gtest_objects), "-pthread", "-o", str(binary)])
     header = binary.read_bytes()[:20]
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == EM_AARCH64
@@ -86,3 +89,12 @@ def test_sparse_gru_kernel_test_passes_on_arm64(tmp_path):
     assert declared >= 20
     assert f"[==========] {declared} tests from" in result.stdout, result.stdout[-4000:]
     assert f"[  PASSED  ] {declared} tests." in result.stdout, result.stdout[-4000:]
+
+
+def test_sparse_gru_kernel_test_passes_on_arm64(tmp_path):
+    _kernel_test_passes_on_arm64(tmp_path, "sparse_gru_kernel_test", SPARSE_GRU_SOURCES)
+
+
+def test_sparse_separable_kernel_test_passes_on_arm64(tmp_path):
+    _kernel_test_passes_on_arm64(tmp_path, "sparse_separable_kernel_test",
+                                 SPARSE_SEPARABLE_SOURCES)

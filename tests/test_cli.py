@@ -136,12 +136,35 @@ def test_unwritable_outputs_are_refused_before_any_work(tmp_path):
 def test_bench_ops_hands_on_each_layer_size_as_it_finishes():
     """What the CLI saves after each size: an interrupted benchmark keeps the sizes done."""
     from android_bench.runner import RunSettings
-    from pipelines.benchmarks.bench_ops import bench_op
+    from pipelines.benchmarks.bench_ops import bench_sparse_gru
 
     snapshots = []
-    rows = bench_op("sparse_gru", [8, 12], [0.9], steps=3, threads=[1],
+    rows = bench_sparse_gru([8, 12], [0.9], steps=3, threads=[1],
                     settings=RunSettings(warmup_runs=0, num_runs=1, min_secs=0),
                     rounds=1, on_rows=lambda so_far: snapshots.append(list(so_far)))
     sizes_saved = [[r["hidden"] for r in snapshot] for snapshot in snapshots]
     assert sizes_saved == [[8] * 4, [8] * 4 + [12] * 4]
     assert snapshots[-1] == rows
+
+
+def test_bench_ops_measures_sparse_separable_against_builtin(tmp_path):
+    out = tmp_path / "separable.json"
+    result = edgepipe("bench-ops", "--op", "sparse_separable", "--workloads", "block_56x56x128",
+                      "--sparsities", "0,0.9", "--num_runs", "2", "--warmup_runs", "0",
+                      "--rounds", "1", "--json_output", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert [(r["impl"], r["sparsity"]) for r in rows] == [
+        ("builtin", 0.0), ("sparse_separable", 0.0), ("builtin", 0.9), ("sparse_separable", 0.9)]
+    assert all(r["op"] == "sparse_separable" and r["workload"] == "block_56x56x128"
+               and r["mean_us"] > 0 for r in rows)
+    # CSR at 90% keeps about a tenth of the 1x1 weights, which are most of the file.
+    assert rows[3]["file_bytes"] < 0.4 * rows[2]["file_bytes"]
+    assert "vs builtin, same weights" in result.stdout
+
+
+def test_bench_ops_refuses_an_unknown_workload():
+    assert_user_error(edgepipe("bench-ops", "--op", "sparse_separable", "--workloads",
+                               "block_9x9x9"),
+                      "--workloads: 'block_9x9x9' is not a workload; choose from "
+                      "mobilenet_v1_1.0_224, block_56x56x128")

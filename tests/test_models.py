@@ -243,7 +243,8 @@ def test_unknown_option_names_accepted_parameters():
         build_model("mobilenet_v1", (32, 32, 1), 10, {"alpah": 0.5})
     message = str(error.value)
     assert "'alpah'" in message and "Did you mean 'alpha'" in message
-    assert "alpha, depth_multiplier, dropout, batch_norm_momentum, name" in message
+    assert "alpha, depth_multiplier, dropout, batch_norm_momentum, explicit_padding, name" \
+        in message
 
 
 def test_data_arguments_are_not_options():

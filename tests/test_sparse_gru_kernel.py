@@ -20,7 +20,7 @@ from flatbuffers import flexbuffers
 
 from core.errors import UserError
 from core.keras_env import keras
-from fixtures.fuzzing import REPO, SPARSE_GRU_SOURCES, require_tool, run_libfuzzer
+from fixtures.fuzzing import REPO, SPARSE_GRU_SOURCES, fuzz_arrays, require_tool, run_libfuzzer
 from tflite.flatbuffer_rewrite import align_constant_buffers, pack_model
 from tflite.ops.sparse_gru_reference import StoredMatrix, dequantize, sparse_gru
 from tflite.runtime.binding import LiteRtRunner
@@ -317,8 +317,6 @@ def test_non_constant_weights_are_refused():
 
 # A fixed, seeded slice: about 20 s on the build machines.
 FUZZ_RUNS = 200_000
-ELEMENT_TYPES = {np.dtype(np.float32): 1, np.dtype(np.int32): 2, np.dtype(np.int8): 9,
-                 np.dtype(np.uint16): 17}
 
 
 def fuzz_seed(case: Case) -> bytes:
@@ -329,15 +327,7 @@ def fuzz_seed(case: Case) -> bytes:
     for m in (case.w, case.r):
         arrays += [m.values, m.col_indices, m.row_ptr, m.scales]
     arrays.append(case.bias)
-    for array in arrays:
-        if array is None:
-            out += struct.pack("<BBBI", 0, 0, 0, 0)
-            continue
-        raw = np.ascontiguousarray(array).tobytes()
-        out += struct.pack("<BBB", 1, ELEMENT_TYPES[array.dtype], array.ndim)
-        out += struct.pack(f"<{array.ndim}i", *array.shape)
-        out += struct.pack("<I", len(raw)) + raw
-    return out + b"\x01"
+    return out + fuzz_arrays(arrays) + b"\x01"
 
 
 def test_fuzz_options_and_validation(tmp_path):

@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 import flatbuffers
+import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from core.errors import UserError
 
 # LiteRT hands a constant tensor to a custom op kernel only at this alignment.
 ALIGNMENT = 64
+_BUILTIN_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+TENSOR_TYPES = {np.dtype(np.float32): schema.TensorType.FLOAT32,
+                np.dtype(np.int8): schema.TensorType.INT8,
+                np.dtype(np.uint16): schema.TensorType.UINT16,
+                np.dtype(np.int32): schema.TensorType.INT32}
 
 
 def pack_model(model: schema.ModelT) -> bytes:
@@ -54,3 +60,84 @@ def align_constant_buffers(data: bytes) -> bytes:
         raise UserError("re-serializing the model changed its layout; cannot align its buffers")
     out[:len(final)] = final
     return bytes(out)
+
+
+def operator_name(code: schema.OperatorCodeT) -> str:
+    """A custom op's custom code, else the builtin's name (e.g. "CONV_2D").
+
+    Both code fields are read: files from older converters fill only the deprecated one.
+    """
+    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+    if builtin == schema.BuiltinOperator.CUSTOM:
+        custom = code.customCode or ""
+        return custom.decode() if isinstance(custom, bytes) else custom
+    return _BUILTIN_NAMES.get(builtin, str(builtin))
+
+
+def add_custom_code(model: schema.ModelT, custom_code: str) -> int:
+    """Append an operator code for the custom op `custom_code`; return its index."""
+    code = schema.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
+    code.customCode, code.version = custom_code, 1
+    model.operatorCodes.append(code)
+    return len(model.operatorCodes) - 1
+
+
+def add_constant(model: schema.ModelT, graph: schema.SubGraphT, name: str,
+                 array: np.ndarray) -> int:
+    """Append `array` as a new constant tensor (with its own buffer); return its index."""
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(np.ascontiguousarray(array).tobytes(), np.uint8)
+    model.buffers.append(buffer)
+    tensor = schema.TensorT()
+    tensor.shape = list(array.shape)
+    tensor.type = TENSOR_TYPES[array.dtype]
+    tensor.buffer = len(model.buffers) - 1
+    tensor.name = name
+    graph.tensors.append(tensor)
+    return len(graph.tensors) - 1
+
+
+def drop_dead_ops(graph: schema.SubGraphT) -> None:
+    """Keep only the ops the subgraph's outputs depend on."""
+    needed = {int(t) for t in graph.outputs}
+    kept = []
+    for op in reversed(graph.operators):
+        if any(int(t) in needed for t in op.outputs):
+            kept.append(op)
+            needed |= {int(t) for t in op.inputs if t >= 0}
+    graph.operators = kept[::-1]
+
+
+def compact(model: schema.ModelT) -> None:
+    """Drop unused tensors of the main subgraph, unused buffers and operator codes."""
+    graph = model.subgraphs[0]
+    used = sorted({int(t) for op in graph.operators for t in list(op.inputs) + list(op.outputs)
+                   if t >= 0} | {int(t) for t in graph.inputs} | {int(t) for t in graph.outputs})
+    remap = {old: new for new, old in enumerate(used)}
+    graph.tensors = [graph.tensors[i] for i in used]
+    for op in graph.operators:
+        op.inputs = [remap[int(t)] if t >= 0 else -1 for t in op.inputs]
+        op.outputs = [remap[int(t)] for t in op.outputs]
+    graph.inputs = [remap[int(t)] for t in graph.inputs]
+    graph.outputs = [remap[int(t)] for t in graph.outputs]
+    for signature in model.signatureDefs or []:
+        for item in list(signature.inputs or []) + list(signature.outputs or []):
+            item.tensorIndex = remap[item.tensorIndex]
+
+    buffers = {0} | {t.buffer for g in model.subgraphs for t in g.tensors} \
+        | {m.buffer for m in model.metadata or []}
+    buffer_map = {old: new for new, old in enumerate(sorted(buffers))}
+    model.buffers = [model.buffers[i] for i in sorted(buffers)]
+    for g in model.subgraphs:
+        for t in g.tensors:
+            t.buffer = buffer_map[t.buffer]
+    for m in model.metadata or []:
+        m.buffer = buffer_map[m.buffer]
+
+    codes = sorted({op.opcodeIndex for g in model.subgraphs for op in g.operators})
+    code_map = {old: new for new, old in enumerate(codes)}
+    model.operatorCodes = [model.operatorCodes[i] for i in codes]
+    for g in model.subgraphs:
+        for op in g.operators:
+            op.opcodeIndex = code_map[op.opcodeIndex]

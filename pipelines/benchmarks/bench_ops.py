@@ -1,4 +1,5 @@
-"""Custom-op benchmarks: each op against the builtin path of the same layer.
+"""Custom-op benchmarks: each op against the builtin path of the same layer
+(SparseSeparableConv's in bench_separable.py).
 
 For `sparse_gru`: one GRU layer (input size = hidden, batch 1, at each thread count)
 at several sparsities, as the SparseGRU custom op (float32 and int8 weights) and as the
@@ -20,7 +21,7 @@ from android_bench.runner import RunSettings, run_on_host, runner_binary
 from core.errors import UserError
 from core.keras_env import keras
 
-OPS = ("sparse_gru",)
+OPS = ("sparse_gru", "sparse_separable")  # the second in bench_separable.py
 
 
 def gru_layer_model(hidden: int, steps: int, unroll: bool) -> keras.Model:
@@ -59,6 +60,22 @@ def measure_in_rounds(jobs: list[Job], rounds: int, settings: RunSettings) -> li
     return [total_us[job] / count[job] for job in jobs]
 
 
+def measure_models(models: list[tuple[dict, bytes]], folder: Path, label: str,
+                   threads: list[int], rounds: int, settings: RunSettings) -> list[dict]:
+    """Each (row, flatbuffer) at each thread count, all measured together in
+    alternating rounds: the rows with threads, mean_us and file_bytes added."""
+    jobs: list[Job] = []
+    for index, (row, flatbuffer) in enumerate(models):
+        path = folder / f"{label.replace(' ', '_')}_{index}_{row['impl']}.tflite"
+        path.write_bytes(flatbuffer)
+        jobs += [(path, count) for count in threads]
+    logging.info("measuring %d models of %s at %s thread(s) in %d round(s)",
+                 len(models), label, ",".join(map(str, threads)), rounds)
+    means = iter(measure_in_rounds(jobs, rounds, settings))
+    return [{**row, "threads": count, "mean_us": next(means), "file_bytes": len(flatbuffer)}
+            for row, flatbuffer in models for count in threads]
+
+
 def bench_sparse_gru(hiddens: list[int], sparsities: list[float], steps: int,
                      threads: list[int], settings: RunSettings, rounds: int,
                      on_rows: Callable[[list[dict]], None]) -> list[dict]:
@@ -90,18 +107,9 @@ def bench_sparse_gru(hiddens: list[int], sparsities: list[float], steps: int,
                     models.append(({"impl": "sparse_gru", "precision": precision,
                                     "sparsity": sparsity},
                                    convert_with_sparse_gru(rolled, precision=precision)))
-            jobs: list[Job] = []
-            for index, (row, flatbuffer) in enumerate(models):
-                path = folder / f"{hidden}_{index}_{row['impl']}_{row['precision']}.tflite"
-                path.write_bytes(flatbuffer)
-                jobs += [(path, count) for count in threads]
-            logging.info("measuring %d models of hidden %d at %s thread(s) in %d round(s)",
-                         len(models), hidden, ",".join(map(str, threads)), rounds)
-            means = iter(measure_in_rounds(jobs, rounds, settings))
-            for row, flatbuffer in models:
-                for count in threads:
-                    rows.append({"op": "sparse_gru", **row, "hidden": hidden, "threads": count,
-                                 "mean_us": next(means), "file_bytes": len(flatbuffer)})
+            rows += measure_models([({"op": "sparse_gru", **row, "hidden": hidden}, flatbuffer)
+                                    for row, flatbuffer in models],
+                                   folder, f"hidden {hidden}", threads, rounds, settings)
             on_rows(rows)
     return rows
 
@@ -132,10 +140,6 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def bench_op(op: str, hiddens: list[int], sparsities: list[float], steps: int,
-             threads: list[int], settings: RunSettings, rounds: int,
-             on_rows: Callable[[list[dict]], None] = lambda rows: None) -> list[dict]:
-    """The rows of `op`'s benchmark; on_rows(rows so far) after each layer size."""
+def check_op(op: str) -> None:
     if op not in OPS:
         raise UserError(f"--op {op!r}: custom ops with a benchmark are {', '.join(OPS)}.")
-    return bench_sparse_gru(hiddens, sparsities, steps, threads, settings, rounds, on_rows)

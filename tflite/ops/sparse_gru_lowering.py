@@ -22,7 +22,8 @@ from flatbuffers import flexbuffers
 from core.errors import UserError
 from core.keras_env import keras, tf
 from tflite.convert import converter_error_line, fixed_batch_spec
-from tflite.flatbuffer_rewrite import align_constant_buffers, pack_model
+from tflite.flatbuffer_rewrite import (add_constant, add_custom_code, align_constant_buffers,
+                                      compact, drop_dead_ops, operator_name, pack_model)
 
 CUSTOM_CODE = "SparseGRU"
 FORMAT_VERSION = 1
@@ -246,19 +247,13 @@ def custom_options(info: LoweredGru) -> bytes:
 
 # -- flatbuffer rewrite --------------------------------------------------------------
 
-_TENSOR_TYPES = {np.dtype(np.float32): schema.TensorType.FLOAT32,
-                 np.dtype(np.int8): schema.TensorType.INT8,
-                 np.dtype(np.uint16): schema.TensorType.UINT16,
-                 np.dtype(np.int32): schema.TensorType.INT32}
-
-
 def _rewrite(data: bytes, ops: dict[float, tuple[LoweredGru, list]]) -> bytes:
     """Turn each stand-in into its SparseGRU op and drop what the stand-ins leave dead."""
     model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
     graph = model.subgraphs[0]
-    names = [_code_name(code) for code in model.operatorCodes]
+    names = [operator_name(code) for code in model.operatorCodes]
     producer = {t: i for i, op in enumerate(graph.operators) for t in op.outputs}
-    sparse_code = _add_custom_code(model)
+    sparse_code = add_custom_code(model, CUSTOM_CODE)
     found = set()
     for op in graph.operators:
         if names[op.opcodeIndex] != "Polygamma":
@@ -270,7 +265,7 @@ def _rewrite(data: bytes, ops: dict[float, tuple[LoweredGru, list]]) -> bytes:
         # Absent inputs are left out, not -1: LiteRT 2.3.0 crashes (SIGSEGV in
         # LiteRtRunCompiledModel) running a custom op with a -1 input; the
         # kernel places the present ones by format and precision.
-        op.inputs = [x] + [_add_constant(model, graph, f"{info.layer}/{item[0]}", item[1])
+        op.inputs = [x] + [add_constant(model, graph, f"{info.layer}/{item[0]}", item[1])
                            for item in arrays if item]
         op.builtinOptionsType, op.builtinOptions = schema.BuiltinOptions.NONE, None
         op.customOptions = list(custom_options(info))
@@ -281,24 +276,9 @@ def _rewrite(data: bytes, ops: dict[float, tuple[LoweredGru, list]]) -> bytes:
     if missing:
         raise UserError(f"the converter dropped the stand-in of GRU layer(s) {', '.join(missing)} "
                         "(is the layer's output unused?); cannot lower them to SparseGRU")
-    _drop_dead_ops(graph)
-    _compact(model)
+    drop_dead_ops(graph)
+    compact(model)
     return pack_model(model)
-
-
-def _code_name(code) -> str:
-    if max(code.builtinCode, code.deprecatedBuiltinCode) == schema.BuiltinOperator.CUSTOM:
-        custom = code.customCode or ""
-        return custom.decode() if isinstance(custom, bytes) else custom
-    return ""
-
-
-def _add_custom_code(model) -> int:
-    code = schema.OperatorCodeT()
-    code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
-    code.customCode, code.version = CUSTOM_CODE, 1
-    model.operatorCodes.append(code)
-    return len(model.operatorCodes) - 1
 
 
 def _constant_value(model, graph, tensor: int) -> float:
@@ -320,61 +300,3 @@ def _marked_input(model, graph, names, producer, start: int, marker: float) -> i
         pending += [int(t) for t in op.inputs if t >= 0]
     raise UserError("the converted SparseGRU stand-in lost its input marker; cannot lower the "
                     "GRU (please report this with the model)")
-
-
-def _add_constant(model, graph, name: str, array: np.ndarray) -> int:
-    buffer = schema.BufferT()
-    buffer.data = np.frombuffer(np.ascontiguousarray(array).tobytes(), np.uint8)
-    model.buffers.append(buffer)
-    tensor = schema.TensorT()
-    tensor.shape = list(array.shape)
-    tensor.type = _TENSOR_TYPES[array.dtype]
-    tensor.buffer = len(model.buffers) - 1
-    tensor.name = name
-    graph.tensors.append(tensor)
-    return len(graph.tensors) - 1
-
-
-def _drop_dead_ops(graph) -> None:
-    """Keep only the ops the subgraph's outputs depend on."""
-    needed = {int(t) for t in graph.outputs}
-    kept = []
-    for op in reversed(graph.operators):
-        if any(int(t) in needed for t in op.outputs):
-            kept.append(op)
-            needed |= {int(t) for t in op.inputs if t >= 0}
-    graph.operators = kept[::-1]
-
-
-def _compact(model) -> None:
-    """Drop unused tensors of the main subgraph, unused buffers and operator codes."""
-    graph = model.subgraphs[0]
-    used = sorted({int(t) for op in graph.operators for t in list(op.inputs) + list(op.outputs)
-                   if t >= 0} | {int(t) for t in graph.inputs} | {int(t) for t in graph.outputs})
-    remap = {old: new for new, old in enumerate(used)}
-    graph.tensors = [graph.tensors[i] for i in used]
-    for op in graph.operators:
-        op.inputs = [remap[int(t)] if t >= 0 else -1 for t in op.inputs]
-        op.outputs = [remap[int(t)] for t in op.outputs]
-    graph.inputs = [remap[int(t)] for t in graph.inputs]
-    graph.outputs = [remap[int(t)] for t in graph.outputs]
-    for signature in model.signatureDefs or []:
-        for item in list(signature.inputs or []) + list(signature.outputs or []):
-            item.tensorIndex = remap[item.tensorIndex]
-
-    buffers = {0} | {t.buffer for g in model.subgraphs for t in g.tensors} \
-        | {m.buffer for m in model.metadata or []}
-    buffer_map = {old: new for new, old in enumerate(sorted(buffers))}
-    model.buffers = [model.buffers[i] for i in sorted(buffers)]
-    for g in model.subgraphs:
-        for t in g.tensors:
-            t.buffer = buffer_map[t.buffer]
-    for m in model.metadata or []:
-        m.buffer = buffer_map[m.buffer]
-
-    codes = sorted({op.opcodeIndex for g in model.subgraphs for op in g.operators})
-    code_map = {old: new for new, old in enumerate(codes)}
-    model.operatorCodes = [model.operatorCodes[i] for i in codes]
-    for g in model.subgraphs:
-        for op in g.operators:
-            op.opcodeIndex = code_map[op.opcodeIndex]
