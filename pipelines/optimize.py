@@ -23,10 +23,14 @@ def train_float(model: keras.Model, data: Dataset, config: ModelConfig, log_dir:
                learning_rate=config.train.learning_rate, log_dir=log_dir)
 
 
+def pruning_total_steps(config: ModelConfig, data: Dataset) -> int:
+    """Optimizer steps of the pruning phase."""
+    return config.pruning.epochs * steps_per_epoch(data, config.train.batch_size)
+
+
 def pruning_steps(config: ModelConfig, data: Dataset, warn: bool = True) -> pruning.PhaseSteps:
     """The pruning phase's steps; the pitfall warnings are given once (`warn`)."""
-    total_steps = config.pruning.epochs * steps_per_epoch(data, config.train.batch_size)
-    return pruning.resolve_steps(config.pruning, total_steps, warn=warn)
+    return pruning.resolve_steps(config.pruning, pruning_total_steps(config, data), warn=warn)
 
 
 def prune(model: keras.Model, data: Dataset, config: ModelConfig, log_dir: Path
@@ -34,7 +38,7 @@ def prune(model: keras.Model, data: Dataset, config: ModelConfig, log_dir: Path
     """Fine-tune `model` under the pruning schedule; return the stripped model and
     the sparsity achieved per pruned weight."""
     p = config.pruning
-    total_steps = p.epochs * steps_per_epoch(data, config.train.batch_size)
+    total_steps = pruning_total_steps(config, data)
     steps = pruning_steps(config, data)
     wrapped, callbacks, layer_names = pruning.wrap_for_pruning(model, p, steps)
     callbacks.append(tfmot.sparsity.keras.PruningSummaries(log_dir=str(log_dir)))

@@ -30,15 +30,19 @@ def gru_layer_model(hidden: int, steps: int, unroll: bool) -> keras.Model:
     return keras.Model(inputs, keras.layers.GRU(hidden, unroll=unroll, name="gru_1")(inputs))
 
 
+def zero_smallest(weight, sparsity: float) -> None:
+    """Zero the smallest-magnitude fraction `sparsity` of a weight variable."""
+    values = weight.numpy()
+    if sparsity > 0:
+        values[np.abs(values) <= np.quantile(np.abs(values), sparsity)] = 0.0
+    weight.assign(values)
+
+
 def prune_by_magnitude(model: keras.Model, sparsity: float) -> None:
     """Zero the smallest-magnitude fraction `sparsity` of each GRU kernel."""
     layer = model.get_layer("gru_1")
     for weight in (layer.cell.kernel, layer.cell.recurrent_kernel):
-        values = weight.numpy()
-        if sparsity > 0:
-            cut = np.quantile(np.abs(values), sparsity)
-            values[np.abs(values) <= cut] = 0.0
-        weight.assign(values)
+        zero_smallest(weight, sparsity)
 
 
 Job = tuple[Path, int]  # a model and a thread count

@@ -14,12 +14,10 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from android_bench.runner import RunSettings
 from core.keras_env import keras
 from models.mobilenet import mobilenet_v1
-from pipelines.benchmarks.bench_ops import measure_models
+from pipelines.benchmarks.bench_ops import measure_models, zero_smallest
 
 OP = "sparse_separable"
 # (spatial size, channels) of a block: 3x3 depthwise stride 1 + 1x1 to the same width.
@@ -46,10 +44,7 @@ def prune_pointwise(model: keras.Model, sparsity: float) -> None:
     """Zero the smallest-magnitude fraction `sparsity` of every 1x1 kernel."""
     for layer in model.layers:
         if isinstance(layer, keras.layers.Conv2D) and layer.kernel_size == (1, 1):
-            values = layer.kernel.numpy()
-            if sparsity > 0:
-                values[np.abs(values) <= np.quantile(np.abs(values), sparsity)] = 0.0
-            layer.kernel.assign(values)
+            zero_smallest(layer.kernel, sparsity)
 
 
 def _variants(workload: str, sparsities: list[float]) -> list[tuple[dict, bytes]]:
