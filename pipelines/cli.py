@@ -155,7 +155,7 @@ def command_bench(args: list[str]) -> None:
         "warmup_runs": FLAGS.warmup_runs, "warmup_min_secs": FLAGS.warmup_min_secs,
         "num_runs": FLAGS.num_runs, "min_secs": FLAGS.min_secs, "affinity": FLAGS.affinity,
         "input_layer": FLAGS.input_layer, "input_layer_shape": FLAGS.input_layer_shape,
-        "max_tensor_bytes": FLAGS.max_tensor_bytes}, "edgepipe bench", flags=True)
+        "max_tensor_bytes": FLAGS.max_tensor_bytes}, "", flags=True)
     if FLAGS.json_output:
         atomic.check_writable(FLAGS.json_output, "--json_output")
     # Measurements are journalled next to the JSON output (or in a temporary
@@ -192,8 +192,7 @@ def command_bench_ops(args: list[str]) -> None:
                        else BENCH_OPS_WARMUP_MIN_SECS)
     settings = run_settings(checked(BenchmarkConfig, {
         "warmup_runs": FLAGS.warmup_runs, "warmup_min_secs": warmup_min_secs,
-        "num_runs": FLAGS.num_runs, "min_secs": FLAGS.min_secs}, "edgepipe bench-ops",
-        flags=True))
+        "num_runs": FLAGS.num_runs, "min_secs": FLAGS.min_secs}, "", flags=True))
     if FLAGS.json_output:
         atomic.check_writable(FLAGS.json_output, "--json_output")
 
@@ -206,8 +205,9 @@ def command_bench_ops(args: list[str]) -> None:
     if FLAGS.op == "sparse_separable":
         unknown = sorted(set(FLAGS.workloads) - set(separable.WORKLOADS))
         if unknown or not FLAGS.workloads:
-            raise UserError(f"--workloads: {unknown[0] if unknown else 'none given'!r} is not a "
-                            f"workload; choose from {', '.join(separable.WORKLOADS)}.")
+            problem = f"{unknown[0]!r} is not a workload" if unknown else "no workload given"
+            raise UserError(f"--workloads: {problem}; choose from "
+                            f"{', '.join(separable.WORKLOADS)}.")
         rows = separable.bench_separable(FLAGS.workloads, sparsities, threads, settings,
                                          FLAGS.rounds, on_rows=save)
         print(separable.format_table(rows))

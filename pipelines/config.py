@@ -285,8 +285,8 @@ class RunConfig(Section):
 
 def checked(section: type[Section], data: Any, where: str = "config", flags: bool = False) -> Any:
     """`section` built from `data`; every problem in one UserError that names the key
-    (models by name, as `--set` addresses them; `flags`: as --key) and what would be
-    valid."""
+    (models by name, as `--set` addresses them; `flags`: as --key, with no `where`
+    prefix needed: the CLI names the command) and what would be valid."""
     try:
         return section.model_validate(data)
     except ValidationError as error:
@@ -298,7 +298,7 @@ def _user_error(section: type[Section], data: Any, error: ValidationError, where
     problems = [_describe(section, data, e) for e in error.errors()]
     if flags:
         problems = ["--" + problem for problem in problems]
-    return UserError(f"{where}: " + " ".join(problems))
+    return UserError((f"{where}: " if where else "") + " ".join(problems))
 
 
 def _describe(section: type[Section], data: Any, error: dict) -> str:

@@ -29,7 +29,7 @@ def test_unknown_command_prints_usage():
     (["run", "--set", "benchmark.threads=[0]"],
      "benchmark.threads[0]: input should be greater than or equal to 1 (got 0)"),
     (["bench", "--model", __file__, "--warmup_runs", "-1"],
-     "edgepipe bench: --warmup_runs: input should be greater than or equal to 0 (got -1)."),
+     "edgepipe bench: error: --warmup_runs: input should be greater than or equal to 0 (got -1)."),
     (["bench-ops", "--min_secs", "-2"], "--min_secs: input should be greater than or equal to 0 "
      "(got -2.0)."),
     (["bench-ops", "--steps", "0"], "--steps must be at least 1, got 0"),
