@@ -23,8 +23,8 @@ from tflite.runner_io import parse_input_layers
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 
 QUANTIZATIONS = ("float32", "dynamic_range", "int8", "float16")
-# Variants SparseGRU serves: float32 weights, or int8 weights with float activations.
-SPARSE_GRU_QUANTIZATIONS = ("float32", "dynamic_range")
+# Variants the custom ops serve: float32 weights, or int8 weights with float activations.
+CUSTOM_OP_QUANTIZATIONS = ("float32", "dynamic_range")
 # A model's name is its folder in the run folder and its key in `--set models.NAME...`.
 MODEL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 # Folders of a run folder that are not models' (see pipelines/run.py).
@@ -173,8 +173,11 @@ class ModelConfig(Section):
     variants: Annotated[list[str], Field(min_length=1)] = ["float32", "int8"]
     representative_samples: Positive = 200
     # "sparse_gru": every GRU layer converts to one SparseGRU custom op (tflite/ops/SPARSE_GRU.md)
-    # instead of the builtin WHILE loop.
-    gru_lowering: Literal["builtin", "sparse_gru"] = "builtin"
+    # instead of the builtin WHILE loop; "sparse_separable": every depthwise-separable block
+    # it can compute to one SparseSeparableConv (tflite/ops/SPARSE_SEPARABLE.md). "auto": in
+    # pruned variants, the op only where it is faster on this host (pipelines/lowering_choice.py).
+    gru_lowering: Literal["builtin", "sparse_gru", "auto"] = "auto"
+    separable_lowering: Literal["builtin", "sparse_separable", "auto"] = "auto"
 
     @field_validator("name")
     @classmethod
@@ -204,11 +207,13 @@ class ModelConfig(Section):
                 f"unknown variant {variant!r}. A variant is a quantization "
                 f"({', '.join(QUANTIZATIONS)}), optionally prefixed with pruned_, qat_ or pqat_ "
                 "(e.g. pruned_int8).")
-        if self.gru_lowering == "sparse_gru" and quantization not in SPARSE_GRU_QUANTIZATIONS:
-            raise ValueError(
-                f"variant {variant!r} cannot use gru_lowering: sparse_gru, which keeps "
-                "activations float and serves only float32 and dynamic_range variants "
-                "(optionally pruned_). Drop the variant or set gru_lowering: builtin.")
+        for key, op in (("gru_lowering", "sparse_gru"), ("separable_lowering", "sparse_separable")):
+            if getattr(self, key) == op and quantization not in CUSTOM_OP_QUANTIZATIONS:
+                raise ValueError(
+                    f"variant {variant!r} cannot use {key}: {op}, which keeps activations "
+                    "float and serves only float32 and dynamic_range variants (optionally "
+                    f"pruned_). Drop the variant or set {key}: auto (builtin ops where the op "
+                    "cannot serve).")
         if stage in ("qat", "pqat") and quantization != "int8":
             raise ValueError(f"variant {variant!r}: QAT models convert to int8 only; use "
                              f"{stage}_int8.")

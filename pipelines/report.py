@@ -114,6 +114,75 @@ def benchmarks_table(variants: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _speedups(variant: dict, variants: list[dict]) -> str:
+    """The variant's first benchmark against the same model's dense float32 and int8
+    builtin variants at the same target and thread count."""
+    mine = _first_benchmark(variant)
+    parts = []
+    for name in ("float32", "int8"):
+        other = next((v for v in variants if v["model"] == variant["model"] and v["name"] == name
+                      and not v.get("lowering")), None)
+        theirs = next((b for b in (other or {}).get("benchmarks", [])
+                       if (b["target"], b["threads"]) == (mine.get("target"), mine.get("threads"))),
+                      None)
+        if theirs and mine.get("mean_ms"):
+            parts.append(f"{theirs['mean_ms'] / mine['mean_ms']:.2f}x the speed of {name}")
+    if not parts:
+        return "- no dense float32 or int8 variant of this model was benchmarked to compare with"
+    return (f"- {mine['mean_ms']:.3f} ms on {mine['target']} at {mine['threads']} thread(s): "
+            + ", ".join(parts))
+
+
+def _timing(timings: list[dict] | None) -> tuple[str, str, str]:
+    """Builtin µs, op µs and speed-up at the first thread count measured."""
+    if not timings:
+        return "–", "–", "–"
+    t = timings[0]
+    return f"{t['builtin_us']:.1f}", f"{t['op_us']:.1f}", f"{t['builtin_us'] / t['op_us']:.2f}x"
+
+
+def _separable_lines(decision: dict) -> list[str]:
+    blocks = decision["blocks"]
+    lines = [f"- SparseSeparableConv ({decision['mode']}): "
+             f"{sum(b['lowered'] for b in blocks)} of {len(blocks)} depthwise convolutions lowered"]
+    whole = decision.get("whole_model")
+    if whole:
+        builtin_us, op_us, speedup = _timing(whole)
+        lines.append(f"- whole model timed for the choice: builtin {builtin_us} µs, lowered "
+                     f"{op_us} µs ({speedup}) at {whole[0]['threads']} thread(s)")
+    lines += ["", "| layer | input | kernel/stride | 1x1 density | lowered | builtin µs | op µs "
+              "| speed-up | why |", "|---|---|---|---:|---|---:|---:|---:|---|"]
+    for b in blocks:
+        builtin_us, op_us, speedup = _timing(b.get("timings"))
+        shape = "x".join(map(str, b["input_shape"][1:])) if b.get("input_shape") else "–"
+        kernel = f"{b['kernel_size']}x{b['kernel_size']}/{b['stride']}" if "stride" in b else "–"
+        density = f"{b['density']:.1%}" if "density" in b else "–"
+        lines.append(f"| {b['layer'] or b['depthwise']} | {shape} | {kernel} | {density} | "
+                     f"{'yes' if b['lowered'] else 'no'} | {builtin_us} | {op_us} | {speedup} | "
+                     f"{b['reason']} |")
+    return lines
+
+
+def lowering_section(variants: list[dict]) -> str:
+    """Per variant that went through a custom-op lowering: what was lowered, why, and
+    what it bought against the dense builtin variants."""
+    parts = []
+    for v in variants:
+        lowering = v.get("lowering") or {}
+        if not lowering:
+            continue
+        lines = [f"### {v['model']} · {v['name']}", "", _speedups(v, variants)]
+        gru = lowering.get("gru")
+        if gru:
+            what = "lowered" if gru["lowered"] else "builtin WHILE loop kept"
+            lines.append(f"- SparseGRU ({gru['mode']}): {what}"
+                         + (f": {gru['reason']}" if gru.get("reason") else ""))
+        if lowering.get("separable"):
+            lines += _separable_lines(lowering["separable"])
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) or "No variant uses a custom op."
+
+
 def _model_section(model: dict) -> str:
     lines = [f"### {model['name']}", "",
              f"- builder: `{model['builder']}` {model['options'] or ''}",
@@ -142,6 +211,10 @@ def render_markdown(results: dict) -> str:
         "prunable weights of the Keras model the variant came from; errors and agreement compare "
         "each variant with that Keras model on the held-out split.", "",
         "## Benchmarks", "", benchmarks_table(results["variants"]), "",
+        "## Custom ops", "", lowering_section(results["variants"]), "",
+        "`auto` lowerings time each candidate on this host against the builtin ops it would "
+        "replace (pipelines/lowering_choice.py) and keep the builtin ops unless the custom op "
+        "is clearly faster.", "",
         "![accuracy vs size](plots/accuracy_vs_size.png) "
         "![accuracy vs latency](plots/accuracy_vs_latency.png)", "",
         "## Models", "", *[_model_section(m) + "\n" for m in results["models"]],

@@ -28,9 +28,11 @@ from core.errors import UserError
 from core.keras_env import keras, tf
 from models.registry import build_model, builder_sources, ensure_tf_keras_model
 from models.summary import summarize
-from pipelines import keras_io, optimize, preflight, pruning, report
+from pipelines import (conversion, keras_io, lowering_choice, optimize, preflight,
+                       pruning, report)
 from pipelines.benchmark import measure as measure_target
 from pipelines.config import ModelConfig, RunConfig, checked, to_dict, variant_stage
+from pipelines.conversion import convert_variant, lowering_modes, lowering_versions
 from pipelines.data import Dataset, load_dataset
 from pipelines.fingerprints import (arrays_digest, files_digest, keras_model_digest,
                                     modules_digest)
@@ -38,15 +40,11 @@ from pipelines.stages import StageRunner, stage_key
 from pipelines.train import accuracy, predict, set_seed
 from pipelines.validate import ValidationFailed, check_float32, validate_variant
 from tflite import convert as tflite_convert, flatbuffer_rewrite
-from tflite.convert import convert_model
 from tflite.inspect import inspect_model
-from tflite.ops import sparse_gru_lowering
-from tflite.ops.sparse_gru_lowering import convert_with_sparse_gru
+from tflite.ops import sparse_gru_lowering, sparse_separable_lowering
 from tflite.runtime.binding import library_path as runtime_library_path
 
 TRAINING_PHASES = ("float", "pruned", "qat", "pqat")
-CONVERTER_QUANTIZATION = {"float32": "none", "dynamic_range": "dynamic_range",
-                          "int8": "int8", "float16": "float16"}
 
 
 class ModelRun:
@@ -165,25 +163,21 @@ class ModelRun:
         phase, quantization = variant_stage(variant)
         path = self.folder / "tflite" / f"{variant}.tflite"
         samples = self.config.representative_samples
-        lowering = self.config.gru_lowering
-        # Calibration data only shapes int8 variants.
-        calibration = samples if quantization == "int8" and lowering == "builtin" else None
-        key = stage_key("convert", self.keys[phase], variant, calibration, tf.__version__, lowering,
-                        sparse_gru_lowering.FORMAT_VERSION if lowering == "sparse_gru" else None,
-                        _conversion_code())
+        modes = lowering_modes(self.config, phase, quantization)
+        # Calibration data only shapes builtin int8 variants; measured choices depend on
+        # this host, its runtime and the thread counts they are timed at.
+        calibration = samples if quantization == "int8" else None
+        measured = [_host_cpu(), _runtime_digest(), self.run.benchmark.threads] \
+            if "auto" in modes.values() else None
+        key = stage_key("convert", self.keys[phase], variant, calibration, tf.__version__, modes,
+                        lowering_versions(modes), measured, _conversion_code())
         self.keys[f"convert_{variant}"] = key
 
         def compute() -> dict:
             model = self.keras_model(phase)
-            if lowering == "sparse_gru":
-                # dynamic_range: GRU weights int8 per row, the rest dynamic-range quantized.
-                flatbuffer = convert_with_sparse_gru(
-                    model, precision="int8" if quantization == "dynamic_range" else "float32",
-                    quantization_of_rest=CONVERTER_QUANTIZATION[quantization])
-            else:
-                flatbuffer = convert_model(model, CONVERTER_QUANTIZATION[quantization],
-                                           representative_data=self.data.x_train[:samples],
-                                           sparse=phase in ("pruned", "pqat"))
+            flatbuffer, lowering = convert_variant(model, phase, quantization, modes,
+                                                   self.data.x_train[:samples],
+                                                   self.run.benchmark.threads)
             atomic.write_bytes(path, flatbuffer)
             weights = pruning.layer_sparsity(model)
             return {"path": str(path.relative_to(self.run.output_dir)),
@@ -191,7 +185,7 @@ class ModelRun:
                     "sparse_tensors": len(inspect_model(flatbuffer).sparse_tensors),
                     "file_bytes": len(flatbuffer),
                     "gzip_bytes": len(gzip.compress(flatbuffer, compresslevel=9)),
-                    "sparsity": pruning.overall_sparsity(weights)}
+                    "sparsity": pruning.overall_sparsity(weights), "lowering": lowering}
 
         return key, self.stages.run(self.config.name, f"convert_{variant}", key, [path], compute,
                                     kind="convert")
@@ -260,7 +254,20 @@ class ModelRun:
 def _conversion_code() -> str:
     """The converter and lowering code, whose thresholds and encodings shape every
     .tflite file (a change to them reconverts)."""
-    return modules_digest([tflite_convert, sparse_gru_lowering, flatbuffer_rewrite])
+    return modules_digest([tflite_convert, sparse_gru_lowering, sparse_separable_lowering,
+                           flatbuffer_rewrite, conversion, lowering_choice])
+
+
+@functools.cache
+def _host_cpu() -> str:
+    """What the `auto` lowering's timings were measured on."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        cpuinfo = ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
+                  if line.startswith("model name")), platform.processor())
+    return f"{platform.machine()} {model} x{os.cpu_count()}"
 
 
 @functools.cache

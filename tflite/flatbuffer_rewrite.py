@@ -109,6 +109,57 @@ def drop_dead_ops(graph: schema.SubGraphT) -> None:
     graph.operators = kept[::-1]
 
 
+def extract_ops(model: schema.ModelT, op_indices: list[int]) -> bytes:
+    """A model of the main subgraph's ops `op_indices` alone, with the ops that only
+    decode their constants (DENSIFY, DEQUANTIZE of weights): it reads the other
+    tensors they read and writes what they write that none of them reads. Edits
+    `model`; used to measure one block of a model on its own."""
+    graph = model.subgraphs[0]
+    producer = {int(t): i for i, op in enumerate(graph.operators) for t in op.outputs}
+
+    def is_constant(tensor: int) -> bool:
+        if tensor in producer:
+            return all(is_constant(int(t)) for t in graph.operators[producer[tensor]].inputs
+                       if t >= 0)
+        data = model.buffers[graph.tensors[tensor].buffer].data
+        return data is not None and len(data) > 0
+
+    kept, pending = set(), list(op_indices)
+    while pending:
+        index = pending.pop()
+        if index not in kept:
+            kept.add(index)
+            pending += [producer[int(t)] for t in graph.operators[index].inputs
+                        if t >= 0 and int(t) in producer and is_constant(int(t))]
+    ops = [graph.operators[i] for i in sorted(kept)]
+    written = {int(t) for op in ops for t in op.outputs}
+    read = [int(t) for op in ops for t in op.inputs if t >= 0]
+    graph.inputs = list(dict.fromkeys(t for t in read if t not in written and not is_constant(t)))
+    graph.outputs = [t for t in dict.fromkeys(int(t) for op in ops for t in op.outputs)
+                     if t not in read]
+    graph.operators = ops
+    model.subgraphs = [graph]
+    model.signatureDefs = [_signature(graph)]
+    compact(model)
+    return pack_model(model)
+
+
+def _signature(graph: schema.SubGraphT) -> schema.SignatureDefT:
+    """serving_default over the subgraph's inputs and outputs, named by their tensors."""
+    def entries(tensors) -> list[schema.TensorMapT]:
+        result = []
+        for t in tensors:
+            entry = schema.TensorMapT()
+            entry.name, entry.tensorIndex = graph.tensors[int(t)].name, int(t)
+            result.append(entry)
+        return result
+
+    signature = schema.SignatureDefT()
+    signature.signatureKey, signature.subgraphIndex = "serving_default", 0
+    signature.inputs, signature.outputs = entries(graph.inputs), entries(graph.outputs)
+    return signature
+
+
 def compact(model: schema.ModelT) -> None:
     """Drop unused tensors of the main subgraph, unused buffers and operator codes."""
     graph = model.subgraphs[0]

@@ -105,6 +105,20 @@ def lower_sparse_gru(model: keras.Model, precision: str = "float32",
     return SparseGruConversion(align_constant_buffers(_rewrite(flatbuffer, ops)), lowered)
 
 
+def has_gru(model: keras.Model) -> bool:
+    """Whether the model holds any GRU layer (lowerable or not)."""
+    return any(isinstance(m, keras.layers.GRU) for m in model.submodules)
+
+
+def lowering_problem(model: keras.Model) -> str | None:
+    """Why SparseGRU cannot compute the model's GRU layers, or None."""
+    try:
+        _gru_layers(model)
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
 def check_lowerable(model: keras.Model) -> None:
     """Refuse a model whose GRU layers SparseGRU cannot compute; it needs only the
     architecture, so the pipeline asks before any training."""

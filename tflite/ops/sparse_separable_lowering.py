@@ -15,6 +15,7 @@ sparse encodings keep the block builtin, with the reason.
 """
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,8 @@ from flatbuffers import flexbuffers
 
 from core.errors import UserError
 from tflite.flatbuffer_rewrite import (add_constant, add_custom_code, align_constant_buffers,
-                                       compact, drop_dead_ops, operator_name, pack_model)
+                                       compact, drop_dead_ops, extract_ops, operator_name,
+                                       pack_model)
 from tflite.ops.sparse_separable_reference import output_size
 
 CUSTOM_CODE = "SparseSeparableConv"
@@ -59,8 +61,11 @@ class _Graph:
         return self.graph.tensors[index]
 
     def constant(self, index: int) -> np.ndarray | None:
-        """A float32 constant (decoded through DENSIFY if sparse-encoded), else None."""
+        """A float32 constant (decoded through DENSIFY if sparse-encoded, dequantized if
+        symmetric int8 as dynamic-range conversion writes weights), else None."""
         tensor = self.tensor(index)
+        if tensor.type == schema.TensorType.INT8 and index not in self.producer:
+            return _dequantized(tensor, self.model.buffers[tensor.buffer].data)
         if tensor.type != schema.TensorType.FLOAT32:
             return None
         if index in self.producer:
@@ -74,14 +79,16 @@ class _Graph:
 
 
 def lower_separable_blocks(flatbuffer: bytes, precision: str = "float32", block: int = 1,
-                           dense_above: float = DENSE_ABOVE) -> tuple[bytes, list[dict]]:
+                           dense_above: float = DENSE_ABOVE,
+                           only: Collection[int] | None = None) -> tuple[bytes, list[dict]]:
     """Replace each lowerable DEPTHWISE_CONV_2D + 1x1 CONV_2D pair with SparseSeparableConv.
 
     `precision` stores the pointwise weights as float32 or int8 (symmetric, one scale
     per output channel); `block` is the CSR block height (1, or 4 output channels);
     a pointwise matrix with more than `dense_above` of its stored values non-zero is
     stored dense. Sparse-encoded weights (DENSIFY ops) are decoded, so a pruned model
-    converted with `sparse=True` lowers as its dense conversion does. Returns the new
+    converted with `sparse=True` lowers as its dense conversion does. `only` (depthwise
+    op indices) keeps every other pair builtin, recorded as "not chosen". Returns the new
     flatbuffer (the input unchanged when nothing lowers) and one record per depthwise op.
     """
     _check_arguments(precision, block, dense_above)
@@ -91,13 +98,21 @@ def lower_separable_blocks(flatbuffer: bytes, precision: str = "float32", block:
         if parsed.op_name(op) != "DEPTHWISE_CONV_2D":
             continue
         record, pair = _match(parsed, index)
-        if pair is not None:
+        if pair is not None and only is not None and index not in only:
+            record["reason"] = "not chosen"
+        elif pair is not None:
             record.update(_encode(pair, precision, block, dense_above))
             pairs.append(pair)
         records.append(record)
     if not pairs:
         return flatbuffer, records
     return align_constant_buffers(_rewrite(parsed, pairs, records)), records
+
+
+def block_model(flatbuffer: bytes, record: dict) -> bytes:
+    """The builtin pair of one block record (with `pointwise_op`) as a model of its own."""
+    parsed = _parse(flatbuffer)
+    return extract_ops(parsed.model, [record["depthwise_op"], record["pointwise_op"]])
 
 
 def _check_arguments(precision: str, block: int, dense_above: float) -> None:
@@ -184,6 +199,29 @@ def _float_array(tensor: schema.TensorT, payload: bytes) -> np.ndarray:
         raise UserError(f"constant tensor {_name(tensor)!r} has shape {shape} but "
                         f"{len(payload)} bytes")
     return np.frombuffer(payload, np.float32).reshape(shape)
+
+
+def _dequantized(tensor: schema.TensorT, data) -> np.ndarray | None:
+    """The float values of a symmetric int8 constant (one scale, or one per slice along
+    its quantized dimension), or None when it is not one."""
+    q, shape = tensor.quantization, _ints(tensor.shape)
+    if data is None or not len(data) or tensor.sparsity is not None or q is None \
+            or q.scale is None or not shape:
+        return None
+    scales = np.asarray(q.scale, np.float32)
+    zero_points = np.asarray(q.zeroPoint if q.zeroPoint is not None else [0], np.int64)
+    axis = int(q.quantizedDimension)
+    if np.any(zero_points != 0) or not 0 <= axis < len(shape) \
+            or scales.size not in (1, shape[axis]) or not np.all(np.isfinite(scales)):
+        return None
+    payload = bytes(bytearray(data))
+    if len(payload) != int(np.prod(shape, dtype=np.int64)):
+        raise UserError(f"constant tensor {_name(tensor)!r} has shape {shape} but "
+                        f"{len(payload)} bytes")
+    values = np.frombuffer(payload, np.int8).reshape(shape).astype(np.float32)
+    broadcast = [1] * len(shape)
+    broadcast[axis] = scales.size
+    return values * scales.reshape(broadcast)
 
 
 def _densify(parsed: _Graph, index: int) -> np.ndarray | None:
