@@ -70,6 +70,9 @@ flags.DEFINE_list("hidden", ["256", "512", "1024"], "bench-ops: layer sizes (inp
 flags.DEFINE_list("sparsities", ["0", "0.5", "0.8", "0.9", "0.95"], "bench-ops: weight "
                   "sparsities of the custom op.")
 flags.DEFINE_integer("steps", 50, "bench-ops: sequence length (sparse_gru).")
+flags.DEFINE_list("precisions", ["float32", "int8"],
+                  "bench-ops: sparse_separable precisions (float32, dynamic_range, int8), each "
+                  "against the builtin conversion of that quantization.")
 flags.DEFINE_list("workloads", ["mobilenet_v1_1.0_224", "block_56x56x128", "block_28x28x256",
                                 "block_14x14x512", "block_7x7x1024"],
                   "bench-ops: sparse_separable workloads, the whole MobileNet v1 1.0 224 and "
@@ -203,18 +206,22 @@ def command_bench_ops(args: list[str]) -> None:
 
     threads = _ints(FLAGS.threads, "threads")
     if FLAGS.op == "sparse_separable":
-        unknown = sorted(set(FLAGS.workloads) - set(separable.WORKLOADS))
-        if unknown or not FLAGS.workloads:
-            problem = f"{unknown[0]!r} is not a workload" if unknown else "no workload given"
-            raise UserError(f"--workloads: {problem}; choose from "
-                            f"{', '.join(separable.WORKLOADS)}.")
-        rows = separable.bench_separable(FLAGS.workloads, sparsities, threads, settings,
-                                         FLAGS.rounds, on_rows=save)
+        _check_choices("workloads", "workload", separable.WORKLOADS)
+        _check_choices("precisions", "precision", separable.PRECISIONS)
+        rows = separable.bench_separable(FLAGS.workloads, sparsities, FLAGS.precisions, threads,
+                                         settings, FLAGS.rounds, on_rows=save)
         print(separable.format_table(rows))
         return
     rows = bench_sparse_gru(_ints(FLAGS.hidden, "hidden"), sparsities, FLAGS.steps, threads,
                             settings, FLAGS.rounds, on_rows=save)
     print(format_table(rows))
+
+
+def _check_choices(flag: str, noun: str, allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(FLAGS[flag].value) - set(allowed))
+    if unknown or not FLAGS[flag].value:
+        problem = f"{unknown[0]!r} is not a {noun}" if unknown else f"no {noun} given"
+        raise UserError(f"--{flag}: {problem}; choose from {', '.join(allowed)}.")
 
 
 COMMANDS = {"run": command_run, "inspect": command_inspect, "summary": command_summary,

@@ -151,16 +151,28 @@ def test_bench_ops_measures_sparse_separable_against_builtin(tmp_path):
     out = tmp_path / "separable.json"
     result = edgepipe("bench-ops", "--op", "sparse_separable", "--workloads", "block_56x56x128",
                       "--sparsities", "0,0.9", "--num_runs", "2", "--warmup_runs", "0",
-                      "--rounds", "1", "--json_output", str(out))
+                      "--precisions", "float32,int8", "--rounds", "1", "--json_output", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(out.read_text())
-    assert [(r["impl"], r["sparsity"]) for r in rows] == [
-        ("builtin", 0.0), ("sparse_separable", 0.0), ("builtin", 0.9), ("sparse_separable", 0.9)]
+    assert [(r["precision"], r["impl"], r["sparsity"]) for r in rows] == [
+        (precision, impl, sparsity) for sparsity in (0.0, 0.9) for precision in ("float32", "int8")
+        for impl in ("builtin", "sparse_separable")]
     assert all(r["op"] == "sparse_separable" and r["workload"] == "block_56x56x128"
                and r["mean_us"] > 0 for r in rows)
-    # CSR at 90% keeps about a tenth of the 1x1 weights, which are most of the file.
-    assert rows[3]["file_bytes"] < 0.4 * rows[2]["file_bytes"]
+    by = {(r["precision"], r["impl"], r["sparsity"]): r["file_bytes"] for r in rows}
+    # CSR at 90% keeps about a tenth of the 1x1 weights, which are most of the file; int8
+    # values take 1 byte beside each 2-byte column index instead of 4.
+    assert by["float32", "sparse_separable", 0.9] < 0.4 * by["float32", "builtin", 0.9]
+    assert by["int8", "sparse_separable", 0.9] < 0.85 * by["float32", "sparse_separable", 0.9]
+    assert by["int8", "builtin", 0.0] < 0.5 * by["float32", "builtin", 0.0]
     assert "vs builtin, same weights" in result.stdout
+
+
+def test_bench_ops_refuses_an_unknown_precision():
+    assert_user_error(edgepipe("bench-ops", "--op", "sparse_separable", "--precisions",
+                               "float32,int4"),
+                      "--precisions: 'int4' is not a precision; choose from float32, "
+                      "dynamic_range, int8.")
 
 
 def test_bench_ops_refuses_an_unknown_workload():

@@ -14,6 +14,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from android_bench.runner import RunSettings
 from core.keras_env import keras
 from models.mobilenet import mobilenet_v1
@@ -25,6 +27,10 @@ BLOCKS = {f"block_{size}x{size}x{channels}": (size, channels)
           for size, channels in ((56, 128), (28, 256), (14, 512), (7, 1024))}
 WHOLE_NETWORK = "mobilenet_v1_1.0_224"
 WORKLOADS = (WHOLE_NETWORK, *BLOCKS)
+PRECISIONS = ("float32", "dynamic_range", "int8")
+# The op's pointwise weights per benchmarked precision.
+OP_PRECISION = {"float32": "float32", "dynamic_range": "int8", "int8": "int8"}
+CALIBRATION_SAMPLES = 8  # int8 activation ranges; their values do not change the speed
 
 
 def workload_model(workload: str) -> keras.Model:
@@ -47,28 +53,38 @@ def prune_pointwise(model: keras.Model, sparsity: float) -> None:
             zero_smallest(layer.kernel, sparsity)
 
 
-def _variants(workload: str, sparsities: list[float]) -> list[tuple[dict, bytes]]:
-    """(row without the measurement, flatbuffer) of both implementations per sparsity."""
+def _variants(workload: str, sparsities: list[float],
+              precisions: list[str]) -> list[tuple[dict, bytes]]:
+    """(row without the measurement, flatbuffer) of both implementations per sparsity
+    and precision: float32 and dynamic_range lower the converter's file of that
+    quantization; int8's op (int8 weights, float activations: format 1 has no int8
+    activations) lowers the float file and races the converter's full-int8 file."""
     from tflite.convert import convert_model
     from tflite.ops.sparse_separable_lowering import lower_separable_blocks
 
     keras.utils.set_random_seed(0)
     model = workload_model(workload)
     base = model.get_weights()
+    samples = np.random.default_rng(0).uniform(
+        -1, 1, (CALIBRATION_SAMPLES, *model.inputs[0].shape[1:])).astype(np.float32)
     variants = []
     for sparsity in sparsities:
         model.set_weights(base)
         prune_pointwise(model, sparsity)
-        builtin = convert_model(model, "none")
-        lowered, _ = lower_separable_blocks(builtin, precision="float32")
-        for impl, flatbuffer in (("builtin", builtin), (OP, lowered)):
-            variants.append(({"impl": impl, "precision": "float32", "sparsity": sparsity},
-                             flatbuffer))
+        float_file = convert_model(model, "none")
+        for precision in precisions:
+            builtin = float_file if precision == "float32" else convert_model(
+                model, precision, representative_data=samples)
+            lowered, _ = lower_separable_blocks(builtin if precision != "int8" else float_file,
+                                                precision=OP_PRECISION[precision])
+            for impl, flatbuffer in (("builtin", builtin), (OP, lowered)):
+                variants.append(({"impl": impl, "precision": precision, "sparsity": sparsity},
+                                 flatbuffer))
     return variants
 
 
-def bench_separable(workloads: list[str], sparsities: list[float], threads: list[int],
-                    settings: RunSettings, rounds: int,
+def bench_separable(workloads: list[str], sparsities: list[float], precisions: list[str],
+                    threads: list[int], settings: RunSettings, rounds: int,
                     on_rows: Callable[[list[dict]], None] = lambda rows: None) -> list[dict]:
     """The rows of every workload; on_rows(rows so far) after each workload."""
     rows: list[dict] = []
@@ -76,27 +92,27 @@ def bench_separable(workloads: list[str], sparsities: list[float], threads: list
         folder = Path(name)
         for workload in workloads:
             variants = [({"op": OP, **row, "workload": workload}, flatbuffer)
-                        for row, flatbuffer in _variants(workload, sparsities)]
+                        for row, flatbuffer in _variants(workload, sparsities, precisions)]
             rows += measure_models(variants, folder, workload, threads, rounds, settings)
             on_rows(rows)
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    """Each row with its speed-up over the builtin ops of the same workload, sparsity
-    and thread count, and over the dense (0%) builtin model."""
-    builtin = {(r["workload"], r["threads"], r["sparsity"]): r for r in rows
+    """Each row with its speed-up over the builtin ops of the same workload, precision,
+    sparsity and thread count, and over the dense (0%) builtin model."""
+    builtin = {(r["workload"], r["precision"], r["threads"], r["sparsity"]): r for r in rows
                if r["impl"] == "builtin"}
-    dense = {(r["workload"], r["threads"]): r for r in rows
+    dense = {(r["workload"], r["precision"], r["threads"]): r for r in rows
              if r["impl"] == "builtin" and r["sparsity"] == 0}
-    lines = ["| workload | impl | threads | sparsity | mean µs | vs builtin, same weights | "
-             "vs dense builtin | file KiB |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| workload | precision | impl | threads | sparsity | mean µs | vs builtin, same "
+             "weights | vs dense builtin | file KiB |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        same = builtin.get((r["workload"], r["threads"], r["sparsity"]))
-        base = dense.get((r["workload"], r["threads"]))
+        same = builtin.get((r["workload"], r["precision"], r["threads"], r["sparsity"]))
+        base = dense.get((r["workload"], r["precision"], r["threads"]))
         lines.append(
-            f"| {r['workload']} | {r['impl']} | {r['threads']} | {r['sparsity']:.0%} | "
-            f"{r['mean_us']:.1f} | {_ratio(same, r)} | {_ratio(base, r)} | "
+            f"| {r['workload']} | {r['precision']} | {r['impl']} | {r['threads']} | "
+            f"{r['sparsity']:.0%} | {r['mean_us']:.1f} | {_ratio(same, r)} | {_ratio(base, r)} | "
             f"{r['file_bytes'] / 1024:.1f} |")
     return "\n".join(lines)
 
