@@ -78,18 +78,34 @@ def _first_benchmark(variant: dict) -> dict:
 
 
 def variants_table(variants: list[dict]) -> str:
-    """Markdown table, one row per variant, with its first (host) benchmark."""
+    """Markdown table, one row per variant, with its first (host) benchmark and its
+    speed against the same model's float32 variant there."""
     lines = ["| model | variant | size (KiB) | gzip (KiB) | sparsity | accuracy | Keras accuracy "
-             "| max abs err | top-1 agree | mean ms | p90 ms |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| max abs err | top-1 agree | mean ms | p90 ms | vs float32 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for v in variants:
         b = _first_benchmark(v)
+        float32 = _same_setting(_variant(variants, v["model"], "float32"), b)
+        speed = f"{float32['mean_ms'] / b['mean_ms']:.2f}x" if float32 and b.get("mean_ms") else "–"
         lines.append(
             f"| {v['model']} | {v['name']} | {v['file_bytes'] / 1024:.1f} | "
             f"{v['gzip_bytes'] / 1024:.1f} | {v['sparsity']:.1%} | {v['accuracy']:.2%} | "
             f"{v['keras_accuracy']:.2%} | {v['max_abs_error']:.2e} | {v['top1_agreement']:.2%} | "
-            f"{_fmt(b.get('mean_ms'), '.3f')} | {_fmt(b.get('p90_ms'), '.3f')} |")
+            f"{_fmt(b.get('mean_ms'), '.3f')} | {_fmt(b.get('p90_ms'), '.3f')} | {speed} |")
     return "\n".join(lines)
+
+
+def _variant(variants: list[dict], model: str, name: str) -> dict | None:
+    """The model's dense builtin variant `name`, if it ran."""
+    return next((v for v in variants if v["model"] == model and v["name"] == name
+                 and not v.get("lowering")), None)
+
+
+def _same_setting(variant: dict | None, benchmark: dict) -> dict | None:
+    """The variant's benchmark at `benchmark`'s target and thread count."""
+    return next((b for b in (variant or {}).get("benchmarks", [])
+                 if (b["target"], b["threads"]) == (benchmark.get("target"),
+                                                     benchmark.get("threads"))), None)
 
 
 def device_label(device: dict) -> str:
@@ -120,11 +136,7 @@ def _speedups(variant: dict, variants: list[dict]) -> str:
     mine = _first_benchmark(variant)
     parts = []
     for name in ("float32", "int8"):
-        other = next((v for v in variants if v["model"] == variant["model"] and v["name"] == name
-                      and not v.get("lowering")), None)
-        theirs = next((b for b in (other or {}).get("benchmarks", [])
-                       if (b["target"], b["threads"]) == (mine.get("target"), mine.get("threads"))),
-                      None)
+        theirs = _same_setting(_variant(variants, variant["model"], name), mine)
         if theirs and mine.get("mean_ms"):
             parts.append(f"{theirs['mean_ms'] / mine['mean_ms']:.2f}x the speed of {name}")
     if not parts:

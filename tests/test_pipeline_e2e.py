@@ -75,6 +75,10 @@ def test_float32_matches_keras_and_pruning_is_measured(run_dir):
 def test_report_and_plots(run_dir):
     report = (run_dir / "report.md").read_text()
     assert "| cnn | pqat_int8 |" in report and "| rnn | float32 | 2 |" in report
+    # Every variant's speed against its model's float32 variant; float32 is 1.00x itself.
+    assert report.count("| 1.00x |") >= 2
+    # The pruned variants went through `auto`: each decision is listed with its reason.
+    assert "### cnn · pruned_float32" in report and "### rnn · pruned_dynamic_range" in report
     for plot in ("accuracy_vs_size.png", "accuracy_vs_latency.png"):
         assert (run_dir / "plots" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((run_dir / "cnn" / "logs" / "pruned").rglob("events.out.tfevents.*"))
