@@ -156,7 +156,7 @@ def test_bench_ops_measures_sparse_separable_against_builtin(tmp_path):
     rows = json.loads(out.read_text())
     assert [(r["precision"], r["impl"], r["sparsity"]) for r in rows] == [
         (precision, impl, sparsity) for sparsity in (0.0, 0.9) for precision in ("float32", "int8")
-        for impl in ("builtin", "sparse_separable")]
+        for impl in ("builtin", "sparse_separable", "auto")]
     assert all(r["op"] == "sparse_separable" and r["workload"] == "block_56x56x128"
                and r["mean_us"] > 0 for r in rows)
     by = {(r["precision"], r["impl"], r["sparsity"]): r["file_bytes"] for r in rows}
@@ -165,6 +165,9 @@ def test_bench_ops_measures_sparse_separable_against_builtin(tmp_path):
     assert by["float32", "sparse_separable", 0.9] < 0.4 * by["float32", "builtin", 0.9]
     assert by["int8", "sparse_separable", 0.9] < 0.85 * by["float32", "sparse_separable", 0.9]
     assert by["int8", "builtin", 0.0] < 0.5 * by["float32", "builtin", 0.0]
+    # auto keeps the builtin file where the op cannot pay or serve: dense weights, int8.
+    for precision, sparsity in (("float32", 0.0), ("int8", 0.0), ("int8", 0.9)):
+        assert by[precision, "auto", sparsity] == by[precision, "builtin", sparsity]
     assert "vs builtin, same weights" in result.stdout
 
 

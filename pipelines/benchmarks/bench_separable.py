@@ -4,9 +4,10 @@ Workloads are the whole MobileNet v1 1.0 at 224x224x3 (all 13 blocks lowered) an
 single depthwise-separable blocks at the four shapes MobileNet's blocks run at. The
 1x1 weights are magnitude-pruned at random initialisation (no training: speed depends
 on the sparsity pattern's density, not on what the weights learnt). Each workload and
-sparsity is converted once with builtin ops and once lowered to the custom op, and all
-are measured by the native runner in one run, in alternating rounds. Rows are {op,
-impl, precision, workload, threads, sparsity, mean_us, file_bytes}.
+sparsity is converted with builtin ops, lowered to the custom op, and lowered where
+the pipeline's `auto` choice puts it, and all are measured by the native runner in one
+run, in alternating rounds. Rows are {op, impl ("builtin", "sparse_separable" or
+"auto"), precision, workload, threads, sparsity, mean_us, file_bytes}.
 """
 from __future__ import annotations
 
@@ -53,12 +54,15 @@ def prune_pointwise(model: keras.Model, sparsity: float) -> None:
             zero_smallest(layer.kernel, sparsity)
 
 
-def _variants(workload: str, sparsities: list[float],
-              precisions: list[str]) -> list[tuple[dict, bytes]]:
-    """(row without the measurement, flatbuffer) of both implementations per sparsity
+def _variants(workload: str, sparsities: list[float], precisions: list[str],
+              threads: list[int]) -> list[tuple[dict, bytes]]:
+    """(row without the measurement, flatbuffer) of each implementation per sparsity
     and precision: float32 and dynamic_range lower the converter's file of that
     quantization; int8's op (int8 weights, float activations: format 1 has no int8
-    activations) lowers the float file and races the converter's full-int8 file."""
+    activations) lowers the float file and races the converter's full-int8 file.
+    "auto" is the pipeline's measured choice on the converter's file (for int8, always
+    that file: the op takes no int8 activations)."""
+    from pipelines.lowering_choice import auto_separable
     from tflite.convert import convert_model
     from tflite.ops.sparse_separable_lowering import lower_separable_blocks
 
@@ -77,7 +81,8 @@ def _variants(workload: str, sparsities: list[float],
                 model, precision, representative_data=samples)
             lowered, _ = lower_separable_blocks(builtin if precision != "int8" else float_file,
                                                 precision=OP_PRECISION[precision])
-            for impl, flatbuffer in (("builtin", builtin), (OP, lowered)):
+            auto, _ = auto_separable(builtin, OP_PRECISION[precision], threads)
+            for impl, flatbuffer in (("builtin", builtin), (OP, lowered), ("auto", auto)):
                 variants.append(({"impl": impl, "precision": precision, "sparsity": sparsity},
                                  flatbuffer))
     return variants
@@ -92,7 +97,8 @@ def bench_separable(workloads: list[str], sparsities: list[float], precisions: l
         folder = Path(name)
         for workload in workloads:
             variants = [({"op": OP, **row, "workload": workload}, flatbuffer)
-                        for row, flatbuffer in _variants(workload, sparsities, precisions)]
+                        for row, flatbuffer in _variants(workload, sparsities, precisions,
+                                                                threads)]
             rows += measure_models(variants, folder, workload, threads, rounds, settings)
             on_rows(rows)
     return rows
