@@ -124,6 +124,9 @@ def test_report_lists_each_decision_and_the_speed_up():
     assert "1 of 2 depthwise convolutions lowered" in text
     assert "| net/b1 | 8x8x16 | 3x3/1 | 10.0% | yes | 30.0 | 15.0 | 2.00x | op faster (...) |" in text
     assert "| net/b2 | – | – | – | no | – | – | – | dilation 2x2 |" in text
+    assert "too small for it to pay" not in text
+    variants[2]["lowering"]["separable"]["blocks"][0]["lowered"] = False
+    assert "too small for it to pay on this host" in lowering_section(variants)
     assert lowering_section(variants[:2]) == "No variant uses a custom op."
 
 
