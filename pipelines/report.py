@@ -158,7 +158,7 @@ def _separable_lines(decision: dict) -> list[str]:
     lines = [f"- SparseSeparableConv ({decision['mode']}): "
              f"{sum(b['lowered'] for b in blocks)} of {len(blocks)} depthwise convolutions lowered"]
     if not any(b["lowered"] for b in blocks) and any(b.get("timings") for b in blocks):
-        lines.append("- the op was slower than the builtin pair for every block timed: at these "
+        lines.append("- the op was not clearly faster than the builtin pair for any block timed: at these "
                      "shapes and densities the model is too small for it to pay on this host "
                      "(`edgepipe bench-ops --op sparse_separable` shows where it does)")
     whole = decision.get("whole_model")
