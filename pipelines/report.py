@@ -158,9 +158,10 @@ def _separable_lines(decision: dict) -> list[str]:
     lines = [f"- SparseSeparableConv ({decision['mode']}): "
              f"{sum(b['lowered'] for b in blocks)} of {len(blocks)} depthwise convolutions lowered"]
     if not any(b["lowered"] for b in blocks) and any(b.get("timings") for b in blocks):
-        lines.append("- the op was not clearly faster than the builtin pair for any block timed: at these "
-                     "shapes and densities the model is too small for it to pay on this host "
-                     "(`edgepipe bench-ops --op sparse_separable` shows where it does)")
+        lines.append("- the op was not clearly faster than the builtin pair for any block "
+                     "timed: at these shapes and densities the model is too small for it to pay "
+                     "on this host (`edgepipe bench-ops --op sparse_separable` shows where it "
+                     "does)")
     whole = decision.get("whole_model")
     if whole:
         builtin_us, op_us, speedup = _timing(whole)
