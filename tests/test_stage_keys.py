@@ -1,6 +1,7 @@
 """Stale results are never reused (issue 11, class 7): a stage is recomputed when
 anything it depends on changes (the builder's code, a saved model's contents, an
-in-memory model's weights, the lowering's format, the native runtime), and its key
+in-memory model's weights, the lowering's format, the native runtime, the thread counts
+an `auto` lowering was timed at), and its key
 is recorded in results.json. Files the run writes get normal permissions."""
 from __future__ import annotations
 
@@ -153,3 +154,20 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def test_auto_lowering_decides_again_at_new_thread_counts_and_only_there(tmp_path):
+    """`auto` times the ops at the benchmark's thread counts: other counts make a new
+    choice for the pruned variant; the dense variant (builtin ops) keeps its file."""
+    raw = raw_config(tmp_path, "gru_classifier", options={"units": [8]}, train={"epochs": 0},
+                     pruning={"target_sparsity": 0.5, "layers": ["gru_.*"], "epochs": 1,
+                              "frequency": 5},
+                     variants=["float32", "pruned_float32"])
+    first = run(raw)
+    raw["benchmark"] = {**BENCHMARK, "threads": [1, 2]}
+    second = run(raw)
+    assert keys(second)["convert_float32"] == keys(first)["convert_float32"]
+    assert keys(second)["convert_pruned_float32"] != keys(first)["convert_pruned_float32"]
+    rows = {v["name"]: v for v in second["variants"]}
+    assert rows["float32"]["lowering"] == {}
+    assert [t["threads"] for t in rows["pruned_float32"]["lowering"]["gru"]["timings"]] == [1, 2]
