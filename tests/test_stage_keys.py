@@ -1,8 +1,8 @@
 """Stale results are never reused (issue 11, class 7): a stage is recomputed when
 anything it depends on changes (the builder's code, a saved model's contents, an
-in-memory model's weights, the lowering's format, the native runtime, the thread counts
-an `auto` lowering was timed at), and its key
-is recorded in results.json. Files the run writes get normal permissions."""
+in-memory model's weights, the lowering's format, the native runtime, the thread
+counts an `auto` lowering was timed at), and its key is recorded in results.json.
+Files the run writes get normal permissions."""
 from __future__ import annotations
 
 import json
