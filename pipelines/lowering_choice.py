@@ -21,6 +21,8 @@ ROUNDS = 4
 ROUND_SECONDS = 0.05  # per model and round; at least MIN_RUNS inferences
 MIN_RUNS = 3
 WARMUP_RUNS = 2
+# 4x1 blocks are timed when they would store at most this many values per non-zero.
+BLOCK_4X1_FILL = 1.5
 
 
 def time_side_by_side(models: list[bytes], threads: int) -> list[float]:
@@ -44,13 +46,20 @@ def time_side_by_side(models: list[bytes], threads: int) -> list[float]:
     return [1e6 * s / n for s, n in zip(seconds, runs)]
 
 
-def _timings(builtin: bytes, lowered: bytes, threads: list[int]) -> list[dict]:
-    rows = []
+def _timings(builtin: bytes, candidates: list[bytes], threads: list[int]) -> list[list[dict]]:
+    """Per candidate, its time and the builtin file's at each thread count, all timed
+    together."""
+    rows: list[list[dict]] = [[] for _ in candidates]
     for count in threads:
-        builtin_us, op_us = time_side_by_side([builtin, lowered], count)
-        rows.append({"threads": count, "builtin_us": round(builtin_us, 2),
-                     "op_us": round(op_us, 2)})
+        builtin_us, *candidate_us = time_side_by_side([builtin, *candidates], count)
+        for row, us in zip(rows, candidate_us):
+            row.append({"threads": count, "builtin_us": round(builtin_us, 2),
+                        "op_us": round(us, 2)})
     return rows
+
+
+def _slowest_ratio(timings: list[dict]) -> float:
+    return max(t["op_us"] / t["builtin_us"] for t in timings)
 
 
 def _pays(timings: list[dict], margin: float) -> bool:
@@ -62,14 +71,22 @@ def _describe(timings: list[dict]) -> str:
                      f"thread{'s' if t['threads'] > 1 else ''}" for t in timings)
 
 
+def _worth_4x1(record: dict) -> bool:
+    """Whether 4x1 blocks are worth timing: they would store few zeros (the weights
+    were pruned in such blocks), and each value they store still costs a multiply."""
+    stored = record["stored_density_4x1"]
+    return stored is not None and stored <= BLOCK_4X1_FILL * record["density"]
+
+
 def auto_separable(flatbuffer: bytes, precision: str, threads: list[int]) -> tuple[bytes, dict]:
     """The model with SparseSeparableConv exactly where it is faster, and the decisions.
 
     Blocks whose pointwise weights the op would store dense are not timed: its dense
-    path is slower than XNNPACK's pair at every size bench-ops measures.
+    path is slower than XNNPACK's pair at every size bench-ops measures. Weights pruned
+    in 4x1 blocks are timed as plain and as 4x1 CSR, and the faster is kept.
     """
     _, records = lower_separable_blocks(flatbuffer, precision)
-    chosen = []
+    chosen: dict[int, int] = {}  # depthwise op -> CSR block height
     for record in records:
         if not record["lowered"]:
             continue
@@ -79,10 +96,14 @@ def auto_separable(flatbuffer: bytes, precision: str, threads: list[int]) -> tup
                                 "the op's dense path is slower than the builtin pair")
             continue
         single = block_model(flatbuffer, record)
-        record["timings"] = _timings(single, lower_separable_blocks(single, precision)[0],
-                                     threads)
+        blocks = [1, 4] if _worth_4x1(record) else [1]
+        timings = _timings(single, [lower_separable_blocks(single, precision, block)[0]
+                                    for block in blocks], threads)
+        if len(blocks) > 1:
+            record["block_timings"] = dict(zip(map(str, blocks), timings))
+        block, record["timings"] = min(zip(blocks, timings), key=lambda c: _slowest_ratio(c[1]))
         if _pays(record["timings"], MARGIN):
-            chosen.append(record["depthwise_op"])
+            chosen[record["depthwise_op"]] = block
         else:
             record["reason"] = (f"the op is not {1 / MARGIN:.2f}x faster than the builtin pair "
                                 f"({_describe(record['timings'])})")
@@ -94,7 +115,7 @@ def auto_separable(flatbuffer: bytes, precision: str, threads: list[int]) -> tup
         if lowered_record["depthwise_op"] in chosen:
             record.update({**lowered_record, "timings": record["timings"],
                            "reason": f"op faster ({_describe(record['timings'])})"})
-    decision["whole_model"] = _timings(flatbuffer, lowered, threads)
+    decision["whole_model"] = _timings(flatbuffer, [lowered], threads)[0]
     if not _pays(decision["whole_model"], 1.0):
         for record in records:
             if record["lowered"]:
@@ -108,7 +129,7 @@ def auto_gru(builtin: bytes, convert_lowered: Callable[[], bytes],
              threads: list[int]) -> tuple[bytes, dict]:
     """The SparseGRU conversion if it is faster than the builtin one, and the decision."""
     lowered = convert_lowered()
-    timings = _timings(builtin, lowered, threads)
+    timings = _timings(builtin, [lowered], threads)[0]
     if _pays(timings, MARGIN):
         return lowered, {"mode": "auto", "lowered": True, "timings": timings,
                          "reason": f"SparseGRU faster ({_describe(timings)})"}

@@ -15,7 +15,7 @@ sparse encodings keep the block builtin, with the reason.
 """
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,7 +80,7 @@ class _Graph:
 
 def lower_separable_blocks(flatbuffer: bytes, precision: str = "float32", block: int = 1,
                            dense_above: float = DENSE_ABOVE,
-                           only: Collection[int] | None = None) -> tuple[bytes, list[dict]]:
+                           only: Mapping[int, int] | None = None) -> tuple[bytes, list[dict]]:
     """Replace each lowerable DEPTHWISE_CONV_2D + 1x1 CONV_2D pair with SparseSeparableConv.
 
     `precision` stores the pointwise weights as float32 or int8 (symmetric, one scale
@@ -88,7 +88,8 @@ def lower_separable_blocks(flatbuffer: bytes, precision: str = "float32", block:
     a pointwise matrix with more than `dense_above` of its stored values non-zero is
     stored dense. Sparse-encoded weights (DENSIFY ops) are decoded, so a pruned model
     converted with `sparse=True` lowers as its dense conversion does. `only` (depthwise
-    op indices) keeps every other pair builtin, recorded as "not chosen". Returns the new
+    op index -> block height) lowers just those pairs, each with its own block, and keeps
+    every other pair builtin, recorded as "not chosen". Returns the new
     flatbuffer (the input unchanged when nothing lowers) and one record per depthwise op.
     """
     _check_arguments(precision, block, dense_above)
@@ -101,7 +102,8 @@ def lower_separable_blocks(flatbuffer: bytes, precision: str = "float32", block:
         if pair is not None and only is not None and index not in only:
             record["reason"] = "not chosen"
         elif pair is not None:
-            record.update(_encode(pair, precision, block, dense_above))
+            record.update(_encode(pair, precision, block if only is None else only[index],
+                                  dense_above))
             pairs.append(pair)
         records.append(record)
     if not pairs:
@@ -450,6 +452,8 @@ def _encode(pair: _Pair, precision: str, block: int, dense_above: float) -> dict
     pair.options.update(precision=precision, format=fmt, block=block if fmt == "csr" else 1)
     return {"lowered": True, "precision": precision, "format": fmt, "block": pair.options["block"],
             "density": float(np.count_nonzero(w)) / w.size, "stored_density": stored,
+            # What 4x1 blocks would store (None when Cout is no multiple of 4).
+            "stored_density_4x1": None if cout % 4 else _stored_fraction(w, 4),
             "reason": why + (f"stored density {stored:.3f} {'>' if fmt == 'dense' else '<='} "
                              f"dense_above {dense_above}")}
 
