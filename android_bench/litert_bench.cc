@@ -52,6 +52,7 @@ struct Flags {
   uint64_t max_tensor_bytes = edgepipe::runtime::kDefaultMaxTensorBytes;
   bool report_peak_memory_footprint = false;
   std::string json_output;
+  std::string output_filepath;
 };
 
 const char kUsage[] =
@@ -59,7 +60,8 @@ const char kUsage[] =
     "  [--warmup_min_secs=0.5] [--num_runs=50] [--min_secs=1] [--max_secs=150]\n"
     "  [--run_delay=-1] [--accelerator=cpu|gpu] [--input_layer_value_files=NAME:FILE]\n"
     "  [--input_layer=A,B --input_layer_shape=1,224,224,3:1,20]\n"
-    "  [--max_tensor_bytes=N] [--report_peak_memory_footprint=false] [--json_output=PATH]\n";
+    "  [--max_tensor_bytes=N] [--report_peak_memory_footprint=false] [--json_output=PATH]\n"
+    "  [--output_filepath=PATH]\n";
 
 bool ParseInt(const std::string& text, int low, int high, int* out) {
   char* end = nullptr;
@@ -122,6 +124,7 @@ std::string ParseFlags(int argc, char** argv, Flags* flags) {
     else if (name == "max_tensor_bytes") ok = ParseBytes(value, &flags->max_tensor_bytes);
     else if (name == "report_peak_memory_footprint") ok = ParseBool(value, &flags->report_peak_memory_footprint);
     else if (name == "json_output") ok = !value.empty(), flags->json_output = value;
+    else if (name == "output_filepath") ok = !value.empty(), flags->output_filepath = value;
     else return "unknown flag --" + name;
     if (!ok) return "invalid value for --" + name + ": '" + value + "'";
   }
@@ -402,6 +405,15 @@ int main(int argc, char** argv) {
   for (double micros : warmup_us) warmup_mean_us += micros;
   if (!warmup_us.empty()) warmup_mean_us /= static_cast<double>(warmup_us.size());
   const long peak_kib = StatusKib("VmHWM");
+  if (!flags.output_filepath.empty()) {
+    // As benchmark_model's --output_filepath: the last run's output tensors'
+    // raw bytes, one after the other in output order (RUNNER.md).
+    std::string raw;
+    for (size_t i = 0; i < runtime->outputs().size(); ++i) {
+      raw.append(static_cast<const char*>(runtime->output_data(i)), runtime->outputs()[i].bytes);
+    }
+    if (!WriteAtomically(flags.output_filepath, raw, &error)) return Fail(1, error);
+  }
 
   std::string tensors;
   for (int is_output = 0; is_output < 2; ++is_output) {

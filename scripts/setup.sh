@@ -25,6 +25,9 @@ PYTHON="${PYTHON:-python3}"
 # libflatbuffers-dev and flatbuffers-compiler: the runtime verifies models with
 # flatbuffers' Verifier over a reader flatc generates, and kernels read custom
 # options with flexbuffers; libgtest-dev and googletest: the C++ tests.
+# libc6-arm64-cross: the aarch64 glibc the arm64 bundle links with and carries
+# (android_bench/arm64_bundle.py); proot: binds an aarch64 /proc/cpuinfo over
+# the host's when the bundle runs under qemu (tests/test_arm64_bundle.py).
 DEBIAN_PACKAGES=(
     build-essential
     python3-venv
@@ -44,6 +47,8 @@ DEBIAN_PACKAGES=(
     flatbuffers-compiler
     libgtest-dev
     googletest
+    libc6-arm64-cross
+    proot
 )
 
 log() { printf 'setup: %s\n' "$*"; }
@@ -120,12 +125,16 @@ install_if_changed "edgepipe (editable)" "$REPO_ROOT/pyproject.toml" "$VENV/.pyp
 # set-up or the wheel's libLiteRt.so changed since the last build.
 NATIVE_DIR="$REPO_ROOT/.native"
 NATIVE_TARGETS=(//tflite/runtime:libedgepipe_runtime.so //android_bench:litert_bench)
+# The native sources and the Bazel set-up, the input of both native builds.
+native_sources() {
+    (cd "$REPO_ROOT" && cat WORKSPACE .bazelrc android_bench/BUILD android_bench/*.cc \
+        android_bench/*.h tflite/runtime/BUILD tflite/runtime/*.cc tflite/runtime/*.h \
+        tflite/runtime/*.fbs tflite/ops/BUILD tflite/ops/*.cc tflite/ops/*.h $(find third_party -type f))
+}
 build_native() {
     local stamp="$NATIVE_DIR/.sources.sha256" hash output missing=0
-    hash="$(cd "$REPO_ROOT" && cat WORKSPACE .bazelrc android_bench/BUILD android_bench/*.cc \
-        android_bench/*.h tflite/runtime/BUILD tflite/runtime/*.cc tflite/runtime/*.h \
-        tflite/runtime/*.fbs tflite/ops/BUILD tflite/ops/*.cc tflite/ops/*.h $(find third_party -type f) \
-        "$VENV"/lib/python3*/site-packages/ai_edge_litert/libLiteRt.so 2>/dev/null | sha256sum | cut -d' ' -f1)"
+    hash="$({ native_sources; cat "$VENV"/lib/python3*/site-packages/ai_edge_litert/libLiteRt.so; } \
+        2>/dev/null | sha256sum | cut -d' ' -f1)"
     for target in "${NATIVE_TARGETS[@]}"; do
         [ -f "$NATIVE_DIR/${target##*:}" ] || missing=1
     done
@@ -149,5 +158,55 @@ build_native() {
     printf '%s\n' "$hash" > "$stamp"
 }
 
+# The arm64 bundle (android_bench/arm64_bundle.py, android_bench/RUNNER.md):
+# litert_bench cross-built on LiteRT's aarch64 library, with the glibc it needs
+# and a start script, in .native/bundles/arm64-v8a/. The library comes from the
+# aarch64 ai-edge-litert wheel (published for manylinux_2_27 only), downloaded
+# once, checked against this sha256 and kept in .native/cache/.
+LITERT_ARM64_VERSION=2.3.0
+LITERT_ARM64_WHEEL="ai_edge_litert-$LITERT_ARM64_VERSION-cp311-cp311-manylinux_2_27_aarch64.whl"
+LITERT_ARM64_SHA256=853fc608f96da87bd5f3458465dfb9abbf18d5ae6b94eceacead407146f175ae
+WHEEL_CACHE="$NATIVE_DIR/cache"
+BUNDLE_DIR="$NATIVE_DIR/bundles/arm64-v8a"
+# The Debian packages whose files end up in the bundle or build it.
+CROSS_PACKAGES=(libc6-arm64-cross libstdc++6-arm64-cross libgcc-s1-arm64-cross g++-aarch64-linux-gnu)
+fetch_arm64_litert() {
+    local wheel="$WHEEL_CACHE/$LITERT_ARM64_WHEEL" download="$WHEEL_CACHE/download" got
+    if [ -f "$wheel" ] && [ "$(sha256_of "$wheel")" = "$LITERT_ARM64_SHA256" ]; then
+        log "arm64 LiteRT wheel: present"
+        return
+    fi
+    log "arm64 LiteRT wheel: downloading $LITERT_ARM64_WHEEL"
+    rm -rf "$download"
+    mkdir -p "$download"
+    quiet_pip download --no-deps --only-binary=:all: --platform manylinux_2_27_aarch64 \
+        --python-version 3.11 --dest "$download" "ai-edge-litert==$LITERT_ARM64_VERSION" \
+        || die "pip could not download the aarch64 ai-edge-litert $LITERT_ARM64_VERSION wheel"
+    [ -f "$download/$LITERT_ARM64_WHEEL" ] || die "pip did not download $LITERT_ARM64_WHEEL"
+    got="$(sha256_of "$download/$LITERT_ARM64_WHEEL")"
+    [ "$got" = "$LITERT_ARM64_SHA256" ] \
+        || die "$LITERT_ARM64_WHEEL has sha256 $got, scripts/setup.sh pins $LITERT_ARM64_SHA256"
+    mv -f "$download/$LITERT_ARM64_WHEEL" "$wheel"
+    rm -rf "$download"
+}
+# Skipped when the native sources, the bundle's build scripts, the wheel and
+# the cross packages are those of the last build.
+build_arm64_bundle() {
+    local stamp="$NATIVE_DIR/bundles/.arm64-v8a.sha256" hash
+    hash="$({ native_sources; cat "$REPO_ROOT"/android_bench/{native_build,arm64_bundle}.py; \
+        echo "$LITERT_ARM64_SHA256"; dpkg-query -W "${CROSS_PACKAGES[@]}"; } | sha256sum | cut -d' ' -f1)"
+    if [ -f "$BUNDLE_DIR/manifest.json" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$hash" ]; then
+        log "arm64 bundle: up to date"
+        return
+    fi
+    log "arm64 bundle: building $BUNDLE_DIR"
+    (cd "$REPO_ROOT" && "$VENV/bin/python" -m android_bench.arm64_bundle \
+        --wheel "$WHEEL_CACHE/$LITERT_ARM64_WHEEL" --out "$BUNDLE_DIR") \
+        || die "building the arm64 bundle failed"
+    printf '%s\n' "$hash" > "$stamp"
+}
+
 build_native
+fetch_arm64_litert
+build_arm64_bundle
 log "done"

@@ -4,14 +4,14 @@ Debian's aarch64 cross compiler builds every C++ source (runtime, runner,
 kernels, fuzz targets, tests) with the project's warning flags, and the
 SparseGRU and SparseSeparableConv kernels' own GoogleTest programs (the
 portable NEON builds of the computations, held to scalar references) run under
-qemu's user mode emulation. LiteRT's arm64 library is not on this machine, so
-nothing that calls into LiteRT is linked; the kernels and their tests do not
-call it.
+qemu's user mode emulation. The runner linked with LiteRT's arm64 library is
+built by scripts/setup.sh and tested in test_arm64_bundle.py; the kernels and
+their tests do not call LiteRT.
 
 The headers the sources take from the host's /usr/include are architecture
 independent (flatbuffers, GoogleTest), so only those folders are put on the
-cross compiler's path: all of /usr/include would put x86-64 glibc headers
-before the aarch64 ones. GoogleTest itself is built for aarch64 from Debian's
+cross compiler's path (android_bench/native_build.py, shared with the arm64
+bundle's build). GoogleTest itself is built for aarch64 from Debian's
 sources, in the test's temporary folder. A missing cross compiler, qemu,
 flatc or googletest fails the test (project rule: a missing toolchain fails,
 it does not skip).
@@ -22,31 +22,22 @@ import re
 import subprocess
 from pathlib import Path
 
-from fixtures.fuzzing import (REPO, SPARSE_GRU_SOURCES, SPARSE_SEPARABLE_SOURCES,
-                              generate_model_schema, require_tool)
+from android_bench.native_build import CROSS_CXX, CXX_FLAGS, cross_include_flags
+from fixtures.fuzzing import REPO, SPARSE_GRU_SOURCES, SPARSE_SEPARABLE_SOURCES, require_tool
 
-CROSS_CXX = "aarch64-linux-gnu-g++"
 QEMU = "qemu-aarch64-static"
-FLAGS = ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{REPO}"]
+FLAGS = [*CXX_FLAGS, "-O2"]
 NATIVE_DIRS = ("tflite/runtime", "android_bench", "tflite/ops", "tflite/ops/fuzz")
-HOST_HEADER_DIRS = (Path("/usr/include/flatbuffers"),)
 GOOGLETEST = Path("/usr/src/googletest/googletest")  # Debian's googletest sources
 EM_AARCH64 = 183  # e_machine in the ELF header
 
 
 def _host_headers(tmp_path: Path) -> list[str]:
     """Include flags for the architecture-independent host headers the sources use:
-    GoogleTest's, flatbuffers' (through a folder holding only them) and the
-    flatc-generated model schema reader."""
-    include = tmp_path / "host_include"
-    include.mkdir()
-    for folder in HOST_HEADER_DIRS:
-        assert folder.is_dir(), f"{folder} missing: scripts/setup.sh installs libflatbuffers-dev"
-        (include / folder.name).symlink_to(folder)
+    GoogleTest's, flatbuffers' and the flatc-generated model schema reader."""
     assert (GOOGLETEST / "src" / "gtest-all.cc").is_file(), \
         "googletest sources missing: scripts/setup.sh installs Debian's googletest"
-    generated = generate_model_schema(tmp_path)
-    return [f"-I{GOOGLETEST / 'include'}", f"-I{include}", f"-I{generated}"]
+    return [f"-I{GOOGLETEST / 'include'}", *cross_include_flags(tmp_path)]
 
 
 def _compile(args: list[str], flags: list[str] = FLAGS) -> None:

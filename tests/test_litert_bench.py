@@ -10,7 +10,7 @@ from core.keras_env import keras
 from models.gru import gru_classifier
 from models.mobilenet import mobilenet_v1
 from tflite.convert import convert_model
-from tflite.runtime.binding import REPO_ROOT
+from tflite.runtime.binding import REPO_ROOT, LiteRtRunner
 
 RUNNER = REPO_ROOT / ".native" / "litert_bench"
 FAST = ["--num_runs=5", "--min_secs=0", "--warmup_runs=2", "--warmup_min_secs=0"]
@@ -83,6 +83,25 @@ def test_json_output_file_and_input_values(models, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json", "x.raw"]  # no temp left
 
 
+@pytest.mark.parametrize("name", ["mobilenet_int8", "gru_float"])
+def test_output_filepath_holds_the_last_outputs(models, name, tmp_path):
+    """--output_filepath writes the output's raw bytes; the Python binding runs the
+    same runtime on the same input, so they must agree bit for bit."""
+    runner = LiteRtRunner(models[name])
+    detail, array = runner.inputs[0]
+    rng = np.random.default_rng(1)
+    value = (rng.integers(-128, 128, array.shape).astype(np.int8) if array.dtype == np.int8
+             else rng.random(array.shape, dtype=np.float32))
+    runner.set_input(value)
+    runner.invoke_timed()
+    values = tmp_path / "x.raw"
+    value.tofile(values)
+    out = tmp_path / "out.raw"
+    run(f"--graph={models[name]}", f"--input_layer_value_files={detail['name']}:{values}",
+        f"--output_filepath={out}", *FAST)
+    assert out.read_bytes() == runner.output().tobytes()
+
+
 def test_refusals(models, tmp_path, tiny_tflite_bytes, with_custom_op):
     custom = tmp_path / "custom.tflite"
     custom.write_bytes(with_custom_op(tiny_tflite_bytes, "FULLY_CONNECTED", "SparseGRU"))
@@ -100,6 +119,8 @@ def test_refusals(models, tmp_path, tiny_tflite_bytes, with_custom_op):
         ([f"--graph={models['gru_float']}", "--accelerator=tpu"], 2, "--accelerator"),
         ([f"--graph={models['gru_float']}", f"--input_layer_value_files=input:{short}"], 2,
          "needs"),
+        ([f"--graph={models['gru_float']}", f"--output_filepath={tmp_path / 'no' / 'out.raw'}"], 1,
+         "cannot write"),
     ]
     for args, code, message in cases:
         result = run(*args, *FAST, check=False)
