@@ -4,15 +4,19 @@
 //
 // A run goes over bands of output rows (sized so that a band's depthwise
 // output stays in cache) and computes, per band, the depthwise stage into a
-// channels-first scratch D [Cin, band positions] (each channel from a
+// channels-first scratch D [Cin, band positions] (from NHWC input straight,
+// a vector of channels per tap; from CHW input each channel from a
 // zero-padded copy of its input rows, split by column phase when the stride
 // is 2, so every tap is a contiguous vector load), then the pointwise stage
 // as CSR times D: for a tile of positions and one row of 1 or 4 output
 // channels, every nonzero adds its weight times D's row tile into registers,
 // and the tile is stored once with bias and activation applied
 // (channels-first straight into the output, or through a per-thread tile
-// transposed into NHWC). Threads take whole bands when there are enough,
-// else share each band's stages (channel groups, then tiles or rows).
+// transposed into NHWC); with many input channels a tile is summed in
+// passes over chunks of them, its sums kept in that tile between passes, so
+// that the rows of D a pass reads stay in cache. Threads take whole bands
+// when there are enough, else share each band's stages (channel groups, then
+// tiles or rows).
 
 #ifndef EDGEPIPE_TFLITE_OPS_SPARSE_SEPARABLE_COMPUTE_H_
 #define EDGEPIPE_TFLITE_OPS_SPARSE_SEPARABLE_COMPUTE_H_
@@ -27,6 +31,10 @@
 namespace edgepipe {
 namespace ops {
 
+// Input channels per chunk of the pointwise weights' columns (see
+// SepPointwise::chunk_ptr).
+constexpr int64_t kSepChunk = 64;
+
 // The pointwise weights as every format and precision is computed: rows of
 // `block` output channels (dense is stored as rows of every column, in
 // blocks of 4 when Cout allows), float values with int8 scales applied.
@@ -35,6 +43,12 @@ struct SepPointwise {
   std::vector<int32_t> row_ptr;   // [Cout / block + 1]
   std::vector<uint16_t> cols;     // [blocks]
   std::vector<float> values;      // [blocks * block], a block's channels together
+  // Where each row's blocks of each chunk of kSepChunk input channels start:
+  // row r's blocks with columns in chunks [i, j) are those from
+  // chunk_ptr[r * (chunks + 1) + i] to chunk_ptr[r * (chunks + 1) + j] (the
+  // pointwise stage sums a few chunks at a time, their rows of D in cache).
+  int64_t chunks = 1;             // ceil(Cin / kSepChunk)
+  std::vector<int32_t> chunk_ptr; // [Cout / block][chunks + 1]
 };
 
 // Everything the computation needs, filled only by a successful check.
@@ -48,6 +62,7 @@ struct SepProblem {
   int64_t pad_top = 0;
   int64_t pad_left = 0;
   std::vector<float> dw_weights;  // [Cin][K * K]
+  const float* dw_taps = nullptr;   // [K * K][Cin]: the model's dw_weights
   const float* dw_bias = nullptr;   // into the model's constants
   SepPointwise pw;
   const float* pw_bias = nullptr;
@@ -59,9 +74,17 @@ struct SepProblem {
 constexpr int64_t kSepMaxLanes = 16;
 constexpr int64_t kSepMaxTile = 64;
 constexpr int64_t kSepPlaneGroup = 8;  // channels whose planes a thread pads at once
-// D of a band holds about this many floats (128 KiB): it stays in L2 between
-// the stages.
-constexpr int64_t kSepBandFloats = 32768;
+// Pixels of the depthwise tile [pixels][Cin] of NHWC input (which has no
+// padded planes: it takes their room).
+constexpr int64_t kSepNhwcPixels = 4;
+// The computation aligns the scratch to this many floats (64 bytes), and
+// with it D's rows and each thread's part: vector loads that straddle cache
+// lines measured 20% slower.
+constexpr int64_t kSepAlignFloats = 16;
+// D of a band holds about this many floats (256 KiB): it stays in L2 between
+// the stages, and with bands of more rows the padded planes repeat fewer
+// rows and the pointwise tiles are fuller.
+constexpr int64_t kSepBandFloats = 65536;
 
 struct SepScratchLayout {
   int64_t band_rows = 0;     // output rows per band
@@ -69,9 +92,10 @@ struct SepScratchLayout {
   int64_t plane_rows = 0;    // padded rows per phase
   int64_t plane_cols = 0;    // columns per phase row
   int64_t d_stride = 0;      // floats per channel row of D
-  int64_t tile_floats = 0;   // one thread's NHWC output tile, 0 for chw output
+  int64_t tile_floats = 0;   // one thread's pointwise sums (and NHWC output) tile
+  int64_t tile_offset = 0;   // where the tile starts in a part (after D and planes)
   int64_t part_floats = 0;   // one thread's D, planes and tile
-  int64_t total_floats = 0;  // for `parts` threads
+  int64_t total_floats = 0;  // for `parts` threads, and room to align them
 };
 
 SepScratchLayout SparseSeparableScratch(const SepProblem& problem, int parts);

@@ -201,6 +201,7 @@ std::string CheckDepthwise(const SparseSeparableOptions& o, const std::vector<Te
   for (int64_t t = 0; t < k * k; ++t) {
     for (int64_t c = 0; c < cin; ++c) p->dw_weights[c * k * k + t] = w[t * cin + c];
   }
+  p->dw_taps = w;
   p->dw_bias = Floats(in[kDwBias]);
   return "";
 }
@@ -225,6 +226,14 @@ SepPointwise Pack(const SparseSeparableOptions& o, const T* values, const uint16
     }
   }
   pw.row_ptr.push_back(static_cast<int32_t>(pw.cols.size()));
+  pw.chunks = (cin + kSepChunk - 1) / kSepChunk;
+  for (int64_t row = 0; row < cout / pw.block; ++row) {
+    int32_t k = pw.row_ptr[row];
+    for (int64_t chunk = 0; chunk <= pw.chunks; ++chunk) {
+      while (k < pw.row_ptr[row + 1] && pw.cols[k] < chunk * kSepChunk) ++k;
+      pw.chunk_ptr.push_back(chunk == pw.chunks ? pw.row_ptr[row + 1] : k);
+    }
+  }
   return pw;
 }
 
@@ -269,7 +278,8 @@ std::string CheckPointwise(const SparseSeparableOptions& o, const std::vector<Te
 }
 
 std::size_t KeptBytes(const SepProblem& p) {
-  return 4 * (p.dw_weights.size() + p.pw.values.size() + p.pw.row_ptr.size()) +
+  return 4 * (p.dw_weights.size() + p.pw.values.size() + p.pw.row_ptr.size() +
+              p.pw.chunk_ptr.size()) +
          2 * p.pw.cols.size();
 }
 
@@ -325,10 +335,12 @@ SepScratchLayout SparseSeparableScratch(const SepProblem& p, int parts) {
   // Room past the last position for a depthwise row's full-vector store.
   const int64_t positions = l.band_rows * p.out_width;
   l.d_stride = (positions + kSepMaxLanes - 1) / kSepMaxLanes * kSepMaxLanes + kSepMaxLanes;
-  const bool nhwc_out = p.options.output_layout == SepLayout::kNhwc;
-  l.tile_floats = nhwc_out ? p.options.out_channels * kSepMaxTile : 0;
-  l.part_floats = cin * l.d_stride + kSepPlaneGroup * l.plane_floats + l.tile_floats;
-  l.total_floats = parts * l.part_floats;
+  l.tile_floats = p.options.out_channels * kSepMaxTile;
+  const int64_t planes_end =
+      cin * l.d_stride + std::max(kSepPlaneGroup * l.plane_floats, kSepNhwcPixels * cin);
+  l.tile_offset = (planes_end + kSepAlignFloats - 1) / kSepAlignFloats * kSepAlignFloats;
+  l.part_floats = l.tile_offset + l.tile_floats;  // a multiple of kSepAlignFloats
+  l.total_floats = parts * l.part_floats + kSepAlignFloats;
   return l;
 }
 

@@ -487,14 +487,15 @@ std::vector<Case> TailSizes() {
   return cases;
 }
 
-// Images wide enough to be computed in several bands of output rows (the
-// last one shorter), in both layouts and with both strides.
+// Images wide enough (with channels enough) to be computed in several bands
+// of output rows (the last one shorter), in both layouts and with both
+// strides.
 std::vector<Case> BandCases() {
   struct Shape { int64_t h, w, cin, k, s; SepPadding padding; };
-  const Shape shapes[] = {{11, 100, 40, 3, 1, SepPadding::kSame},
-                          {9, 240, 70, 5, 2, SepPadding::kSame},
+  const Shape shapes[] = {{11, 100, 80, 3, 1, SepPadding::kSame},
+                          {9, 240, 140, 5, 2, SepPadding::kSame},
                           {5, 1000, 33, 3, 1, SepPadding::kValid},
-                          {13, 150, 48, 5, 1, SepPadding::kValid}};
+                          {13, 150, 96, 5, 1, SepPadding::kValid}};
   std::vector<Case> cases;
   uint32_t seed = 500;
   for (const Shape& shape : shapes) for (SepLayout layout : {SepLayout::kNhwc, SepLayout::kChw}) {
@@ -517,6 +518,80 @@ std::vector<Case> BandCases() {
     cases.push_back(c);
   }
   return cases;
+}
+
+// More input channels than one pass of the pointwise stage sums (256), so
+// that tiles are summed in passes: partial last chunks, rows with no
+// nonzero in some chunks, every encoding and output layout.
+std::vector<Case> ManyChannelCases() {
+  std::vector<Case> cases;
+  uint32_t seed = 700;
+  for (int64_t cin : {257, 600}) for (int encoding : {0, 1, 4}) for (SepLayout out : {SepLayout::kNhwc, SepLayout::kChw}) {
+    Case c;
+    c.height = 5 + seed % 3;
+    c.width = 9 + seed % 4;
+    c.o.in_channels = cin;
+    c.o.out_channels = encoding == 4 ? 12 : 7;
+    c.o.format = encoding == 0 ? SepFormat::kDense : SepFormat::kCsr;
+    c.o.block = encoding == 4 ? 4 : 1;
+    c.o.input_layout = seed % 2 ? SepLayout::kNhwc : SepLayout::kChw;
+    c.o.output_layout = out;
+    c.o.precision = seed % 3 == 0 ? SepPrecision::kInt8 : SepPrecision::kFloat32;
+    c.o.pw_activation = SepActivation::kRelu6;
+    c.sparsity = 0.95;
+    c.seed = ++seed;
+    c.Generate();
+    cases.push_back(c);
+  }
+  return cases;
+}
+
+// NHWC input is read without padded planes: four pixels at a time where
+// all their taps are inside the image, pixel by pixel near the sides, the
+// channels past the last full vector apart, and rows near the top and
+// bottom with fewer tap rows; sizes around each of those.
+std::vector<Case> NhwcInputCases() {
+  std::vector<Case> cases;
+  uint32_t seed = 800;
+  for (int64_t cin : {4, 8, 12, 16, 20, 31, 32, 48}) for (int64_t k : {3, 5}) for (int64_t s : {1, 2}) {
+    Case c;
+    c.height = 3 + seed % 5;
+    c.width = 9 + seed % 11;
+    c.o.in_channels = cin;
+    c.o.out_channels = 4 + seed % 5;
+    c.o.kernel_size = k;
+    c.o.stride = s;
+    c.o.padding = seed % 3 == 0 && c.height >= k ? SepPadding::kValid : SepPadding::kSame;
+    c.o.input_layout = SepLayout::kNhwc;
+    c.o.output_layout = seed % 2 ? SepLayout::kNhwc : SepLayout::kChw;
+    c.o.dw_activation = SepActivation::kRelu6;
+    c.seed = ++seed;
+    c.Generate();
+    cases.push_back(c);
+  }
+  return cases;
+}
+
+TEST(SparseSeparableComputeTest, NhwcInputMatchesTheReference) {
+  for (const Case& c : NhwcInputCases()) {
+    const std::vector<float> one = Compute(c, edgepipe::ops::ComputeSparseSeparable, 1);
+    EXPECT_EQ(Mismatches(c, edgepipe::ops::ComputeSparseSeparable, 1), 0);
+    for (int threads : {2, 3}) {
+      EXPECT_EQ(Compute(c, edgepipe::ops::ComputeSparseSeparable, threads), one)
+          << c.Name() << " threads " << threads;
+    }
+  }
+}
+
+TEST(SparseSeparableComputeTest, ManyInputChannelsMatchTheReference) {
+  for (const Case& c : ManyChannelCases()) {
+    const std::vector<float> one = Compute(c, edgepipe::ops::ComputeSparseSeparable, 1);
+    for (int threads : {1, 2, 3}) {
+      EXPECT_EQ(Mismatches(c, edgepipe::ops::ComputeSparseSeparable, threads), 0);
+      EXPECT_EQ(Compute(c, edgepipe::ops::ComputeSparseSeparable, threads), one)
+          << c.Name() << " threads " << threads;
+    }
+  }
 }
 
 TEST(SparseSeparableComputeTest, BandsOfRowsMatchTheReference) {
@@ -560,6 +635,8 @@ TEST(SparseSeparableComputeTest, EachVariantMatchesTheReference) {
 #endif
   std::vector<Case> cases = TailSizes();
   for (const Case& c : BandCases()) cases.push_back(c);
+  for (const Case& c : ManyChannelCases()) cases.push_back(c);
+  for (const Case& c : NhwcInputCases()) cases.push_back(c);
   for (ComputeFn variant : variants) {
     int bad = 0;
     for (const Case& c : cases) bad += Mismatches(c, variant, 1);
