@@ -2,10 +2,12 @@
 
 Built on adbutils over the platform `adb` server. For each device: read what it
 is (model, ABI, Android version, SoC, core frequencies, thermal zones), remove
-the work folders that earlier sessions left behind, push the runner, its shared
-libraries and the model into a fresh work folder under /data/local/tmp, run once
-per thread count, pull the runner's JSON and remove the folder again. Devices run
-in parallel, one thread each. A short command whose failure matters (mkdir, rm)
+the work folders that earlier sessions left behind, push the runner built for its
+ABI (an arm64-v8a device gets the arm64 bundle, checked against its manifest; an
+x86_64 one, an emulator, the host build) and the model into a fresh work folder
+under /data/local/tmp, run once per thread count, pull the runner's JSON and the
+outputs of its last inference and remove the folder again. Devices run in
+parallel, one thread each. A short command whose failure matters (mkdir, rm)
 has its exit status checked, so its cause is reported, not a later step's.
 
 Every finished measurement is appended to a JSON Lines file and fsync'd before
@@ -30,6 +32,7 @@ import shlex
 import socket
 import stat
 import struct
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -41,8 +44,10 @@ import adbutils
 from absl import logging
 from adbutils.errors import AdbError, AdbTimeout
 
+from android_bench import arm64_bundle
 from android_bench.runner import (ResultStore, RunSettings, crash_message, measurement_base,
-                                  measurement_identity, runner_command)
+                                  measurement_identity, outputs_digest, runner_build,
+                                  runner_command, sha256_file)
 from core.errors import UserError
 
 DEVICE_TMP = "/data/local/tmp"
@@ -58,6 +63,9 @@ SYNC_DATA_MAX = 64 * 1024  # the sync protocol's largest DATA chunk
 STDERR_TAIL_LINES = 20
 # A shell reports a command killed by signal N as exit status 128 + N (adbd does too).
 SIGNAL_EXIT_BASE = 128
+# ELF e_machine -> the Android ABI (ro.product.cpu.abi) that runs such a program.
+ELF_ABIS = {62: "x86_64", 183: arm64_bundle.ABI}
+HOST_ABI = "x86_64"  # what a runner that is not an ELF program (a script) is taken for
 
 
 @dataclass(frozen=True)
@@ -218,6 +226,7 @@ def _parse_info(serial: str, text: str) -> dict:
                 thermal.append({"zone": int(zone), "type": kind_name,
                                 "temp_c": value / 1000 if abs(value) >= 1000 else float(value)})
     return {
+        "kind": "android",
         "serial": serial,
         "model": props.get("ro.product.model", ""),
         "abi": props.get("ro.product.cpu.abi", ""),
@@ -232,6 +241,10 @@ def _parse_info(serial: str, text: str) -> dict:
 
 _INFO_PROPS = ("ro.product.model", "ro.product.cpu.abi", "ro.build.version.release",
                "ro.soc.model", "ro.board.platform", "ro.hardware")
+# The info fields every device should report, with the properties they come from.
+_EXPECTED_INFO = {"model": "ro.product.model", "abi": "ro.product.cpu.abi",
+                  "android": "ro.build.version.release",
+                  "soc": "ro.soc.model, ro.board.platform or ro.hardware"}
 # One shell round trip for everything; sysfs files that are missing read as empty.
 _INFO_SCRIPT = (
     "for p in " + " ".join(_INFO_PROPS) + "; do echo \"prop $p $(getprop $p)\"; done; "
@@ -332,22 +345,36 @@ class DeviceSession:
 
     def shell(self, command: str, timeout: float, what: str) -> adbutils.ShellReturn:
         """Run `command` (already quoted) with shell_v2, so its exit status comes back.
-        Output is decoded here, bad bytes replaced: a runner may print any bytes."""
+        Output is decoded here, bad bytes replaced: a runner may print any bytes.
+
+        A device without shell_v2 (older adbd) gets adbutils' v1 fallback, which takes
+        the exit status from an echo appended to the command and returns stdout and
+        stderr mixed in `output` alone; that is then the stdout. (With shell_v2,
+        `output` is stdout plus stderr, so it is empty whenever both are.)"""
         try:
             raw = self.device.shell2(command, timeout=timeout, v2=True, encoding=None)
         except AdbTimeout:
             raise _TimedOut(what, timeout) from None
         except (AdbError, OSError, EOFError) as error:
             raise _Disconnected(f"{what}: {error}") from None
+        stdout = raw.stdout if raw.stdout or raw.stderr else raw.output
         return adbutils.ShellReturn(
             command=raw.command, returncode=raw.returncode,
             output=raw.output.decode("utf-8", errors="replace"),
-            stdout=raw.stdout.decode("utf-8", errors="replace"),
+            stdout=stdout.decode("utf-8", errors="replace"),
             stderr=raw.stderr.decode("utf-8", errors="replace"))
 
     def info(self) -> dict:
+        """What the device is (_parse_info); a property it does not report is a warning,
+        since its records would then not say which phone measured them."""
         result = self.shell(_INFO_SCRIPT, self.timeouts.command, "reading device info")
-        return _parse_info(self.serial, result.stdout)
+        info = _parse_info(self.serial, result.stdout)
+        missing = [f"{field} ({props})" for field, props in _EXPECTED_INFO.items()
+                   if not info[field]]
+        if missing:
+            logging.warning("%s: the device reports no %s (getprop gave nothing); its records "
+                            "leave them empty", self.serial, ", ".join(missing))
+        return info
 
     def _sync(self) -> adbutils.AdbConnection:
         connection = self.device.open_transport(timeout=self.timeouts.transfer)
@@ -478,7 +505,8 @@ class DeviceSession:
     def push_missing(self, files: Sequence[tuple[Path, str]]) -> None:
         """Make the work folder, then push each (local file, path in the work folder) that
         is not there at its full size yet (resumes a push)."""
-        folders = [f"{self.run_dir}/{name}" for name in (BIN_DIR, MODEL_DIR, RESULTS_DIR)]
+        folders = sorted({f"{self.run_dir}/{name}" for name in (BIN_DIR, MODEL_DIR, RESULTS_DIR)}
+                         | {f"{self.run_dir}/{Path(relative).parent}" for _, relative in files})
         self.checked(f"mkdir -p {shlex.join(folders)}", f"creating the work folder {self.run_dir}",
                      f"remove what is in its place or make room in {DEVICE_TMP} on the device "
                      f"(`adb -s {self.serial} shell ls -la {DEVICE_TMP}`), then run again")
@@ -504,34 +532,134 @@ class DeviceSession:
             raise _Disconnected(f"not back within {self.timeouts.reconnect:.0f} s")
 
 
+@dataclass(frozen=True)
+class Payload:
+    """What the devices of one ABI receive, how its runner starts there, and what the
+    records say about it."""
+
+    files: tuple[tuple[Path, str], ...]  # (local file, its path in the work folder)
+    runner: Path              # the runner program (crash_message looks for its marker)
+    entry: str                # what is started, relative to the work folder
+    launcher: tuple[str, ...]  # words before `entry`: ("sh",) for the bundle's run.sh
+    library_dir: str | None   # made LD_LIBRARY_PATH (the host build's libraries)
+    identity: Path            # its hash is the records' runner_sha256 (resume by identity)
+    bundle: dict              # the records' "bundle": which build ran
+
+
+def _elf_abi(path: Path) -> str | None:
+    """The Android ABI of an ELF program (None: not one, or for another machine)."""
+    with path.open("rb") as file:
+        header = file.read(20)
+    if header[:4] != b"\x7fELF" or len(header) < 20:
+        return None
+    return ELF_ABIS.get(int.from_bytes(header[18:20], "little"))
+
+
+def _given_payload(runner: Path, libraries: list[Path]) -> Payload:
+    """The caller's runner with its libraries in one folder (its rpath is $ORIGIN),
+    checked: they share that folder, so only their names must differ."""
+    for path in (runner, *libraries):
+        if not path.is_file():
+            raise UserError(f"{path} does not exist: build it first or fix the path")
+    names = [path.name for path in (runner, *libraries)]
+    if len(set(names)) != len(names):
+        raise UserError(f"the runner and its libraries must have distinct file names (they "
+                        f"share one folder on the device): {names}; rename one")
+    return Payload(files=tuple((path, f"{BIN_DIR}/{path.name}") for path in (runner, *libraries)),
+                   runner=runner, entry=f"{BIN_DIR}/{runner.name}", launcher=(),
+                   library_dir=BIN_DIR, identity=runner,
+                   bundle=runner_build(_elf_abi(runner) or HOST_ABI, runner))
+
+
+def _bundle_payload() -> Payload:
+    """The arm64 bundle, checked against its manifest first, started as its manifest
+    says (`sh run.sh`: the script's first line names /bin/sh, which older Android
+    versions lack; their shell is /system/bin/sh)."""
+    folder = arm64_bundle.BUNDLE_DIR
+    manifest = arm64_bundle.checked_bundle(folder)
+    names = [*manifest["files"], "manifest.json"]
+    return Payload(files=tuple((folder / name, f"{BIN_DIR}/{name}") for name in names),
+                   runner=folder / "litert_bench", entry=f"{BIN_DIR}/run.sh", launcher=("sh",),
+                   library_dir=None, identity=folder / "manifest.json",
+                   bundle={"abi": arm64_bundle.ABI,
+                           "manifest_sha256": sha256_file(folder / "manifest.json"),
+                           "litert": manifest["litert"]["version"]})
+
+
+class _Payloads:
+    """The payload for each device ABI: the caller's runner for the ABI it is built for,
+    the arm64 bundle for arm64-v8a devices otherwise. So an x86-64 runner never goes to
+    an arm64 device, and a device of any other ABI is one clear error. The bundle is
+    checked once, when the first arm64 device needs it."""
+
+    def __init__(self, runner: Path, libraries: list[Path]):
+        self.given = _given_payload(runner, libraries)
+        self.given_abi = self.given.bundle["abi"]
+        self._bundle: Payload | None = None
+        self._lock = threading.Lock()
+
+    def for_device(self, serial: str, abi: str) -> Payload:
+        if abi == self.given_abi:
+            return self.given
+        if abi == arm64_bundle.ABI:
+            with self._lock:
+                self._bundle = self._bundle or _bundle_payload()
+            return self._bundle
+        reported = f"ABI '{abi}'" if abi else "no ABI (getprop ro.product.cpu.abi is empty)"
+        runners = {arm64_bundle.ABI: "the arm64 bundle", self.given_abi: str(self.given.runner)}
+        supported = " and ".join(f"{name} ({what})" for name, what in runners.items())
+        raise UserError(f"device {serial} reports {reported}; there is a runner only for "
+                        f"{supported}: use a device with one of those ABIs")
+
+
 class _DeviceRun:
     """All thread counts on one device, with reconnects and resumption."""
 
-    def __init__(self, session: DeviceSession, files: list[tuple[Path, str]], model: Path,
-                 runner: Path, base: dict, settings: RunSettings, store: ResultStore,
+    def __init__(self, session: DeviceSession, model: Path, payloads: _Payloads,
+                 settings: RunSettings, store: ResultStore, done: dict[tuple, dict],
                  retries: int):
-        self.session, self.files, self.model, self.runner = session, files, model, runner
-        self.base, self.settings, self.store, self.retries = base, settings, store, retries
+        self.session, self.model, self.payloads = session, model, payloads
+        self.settings, self.store, self.done, self.retries = settings, store, done, retries
         self.finished: list[dict] = []
 
-    def _command(self, threads: int, json_path: str) -> str:
-        d = self.session.run_dir
-        argv = runner_command(f"{d}/{BIN_DIR}/{self.runner.name}",
-                              f"{d}/{MODEL_DIR}/{self.model.name}", threads, self.settings,
-                              json_path)
-        return (f"cd {shlex.quote(d)} && LD_LIBRARY_PATH={shlex.quote(f'{d}/{BIN_DIR}')} "
-                f"{shlex.join(argv)}")
+    def _plan(self, info: dict, threads: Sequence[int]) -> list[int]:
+        """Choose the payload for the device's ABI; the thread counts not measured yet
+        with it (those already in the store go to self.finished)."""
+        self.payload = self.payloads.for_device(self.session.serial, info["abi"])
+        self.files = [*self.payload.files, (self.model, f"{MODEL_DIR}/{self.model.name}")]
+        self.base = {**measurement_base(self.model, self.payload.identity, self.settings),
+                     "target": self.session.serial, "bundle": self.payload.bundle}
+        pending = []
+        for count in threads:
+            record = self.done.get(measurement_identity({**self.base, "threads": count}))
+            if record is None:
+                pending.append(count)
+            else:
+                self.finished.append(record)
+        return pending
+
+    def _command(self, threads: int, json_path: str, outputs_path: str) -> str:
+        d, payload = self.session.run_dir, self.payload
+        argv = runner_command(payload.entry, f"{d}/{MODEL_DIR}/{self.model.name}", threads,
+                              self.settings, json_path, launcher=payload.launcher,
+                              output_filepath=outputs_path)
+        environment = (f"LD_LIBRARY_PATH={shlex.quote(f'{d}/{payload.library_dir}')} "
+                       if payload.library_dir else "")
+        return f"cd {shlex.quote(d)} && {environment}{shlex.join(argv)}"
 
     def _measure(self, info: dict, threads: int) -> dict:
-        session = self.session
+        session, runner = self.session, self.payload.runner
         json_path = f"{session.run_dir}/{RESULTS_DIR}/result-{threads}.json"
-        what = f"{self.runner.name} --num_threads={threads} on {session.serial}"
-        result = session.shell(self._command(threads, json_path), session.timeouts.run, what)
+        outputs_path = f"{session.run_dir}/{RESULTS_DIR}/outputs-{threads}.raw"
+        what = f"{runner.name} --num_threads={threads} on {session.serial}"
+        result = session.shell(self._command(threads, json_path, outputs_path),
+                               session.timeouts.run, what)
         if SIGNAL_EXIT_BASE < result.returncode <= SIGNAL_EXIT_BASE + 64:
-            crash = crash_message(self.runner, result.returncode - SIGNAL_EXIT_BASE, result.stderr)
+            crash = crash_message(runner, result.returncode - SIGNAL_EXIT_BASE, result.stderr)
             raise UserError(f"on device {session.serial} (threads={threads}), {crash}")
         if result.returncode != 0:
-            tail = "\n".join(result.stderr.strip().splitlines()[-STDERR_TAIL_LINES:])
+            output = result.stderr or result.stdout  # a shell_v1 device mixes them
+            tail = "\n".join(output.strip().splitlines()[-STDERR_TAIL_LINES:])
             raise UserError(f"the runner failed on device {session.serial} (threads={threads}, "
                             f"exit status {result.returncode}); its stderr ends with:\n{tail}")
         data = session.read_file(json_path)
@@ -543,21 +671,29 @@ class _DeviceRun:
         except json.JSONDecodeError as error:
             raise UserError(f"the runner's JSON from device {session.serial} (threads={threads}) "
                             f"is not valid JSON ({error})") from None
-        return {**self.base, "device": info, "threads": threads, "runner": runner_json}
+        # The device is described by `info`: the runner's own "device" says "host" on a
+        # phone when it is the glibc bundle (built without __ANDROID__).
+        return {**self.base, "device": info, "threads": threads, "runner": runner_json,
+                "outputs_sha256": outputs_digest(session.read_file(outputs_path))}
 
     def run(self, threads: Sequence[int]) -> list[dict]:
-        pending = list(threads)
+        pending: list[int] | None = None  # not known before the device's ABI is
         info: dict | None = None
         reconnects = 0
         step = "starting"
+        pushing = False  # once true, the work folder may exist and is removed at the end
         try:
-            while pending:
+            while pending is None or pending:
                 try:
                     step = "reading device info"
                     info = info or self.session.info()
+                    if pending is None:
+                        pending = self._plan(info, threads)
+                        continue
                     step = "removing stale work folders"
                     self.session.remove_stale()
                     step = "pushing files"
+                    pushing = True
                     self.session.push_missing(self.files)
                     while pending:
                         step = f"measuring threads={pending[0]}"
@@ -587,22 +723,9 @@ class _DeviceRun:
                             f"answer within {error.seconds:.0f} s; re-plug the device or raise the "
                             "timeout") from None
         finally:
-            self.session.cleanup()
+            if pushing:
+                self.session.cleanup()
         return self.finished
-
-
-def _placements(runner: Path, libraries: list[Path], model: Path) -> list[tuple[Path, str]]:
-    """Each file with its path in the work folder (BIN_DIR, MODEL_DIR), checked: the
-    runner and its libraries share a folder, so only their names must differ."""
-    for path in (runner, *libraries, model):
-        if not path.is_file():
-            raise UserError(f"{path} does not exist: build it first or fix the path")
-    names = [path.name for path in (runner, *libraries)]
-    if len(set(names)) != len(names):
-        raise UserError(f"the runner and its libraries must have distinct file names (they "
-                        f"share one folder on the device): {names}; rename one")
-    return [*((path, f"{BIN_DIR}/{path.name}") for path in (runner, *libraries)),
-            (model, f"{MODEL_DIR}/{model.name}")]
 
 
 def benchmark_on_devices(model: str | os.PathLike, runner: str | os.PathLike, *,
@@ -614,32 +737,29 @@ def benchmark_on_devices(model: str | os.PathLike, runner: str | os.PathLike, *,
                          timeouts: Timeouts = Timeouts(),
                          retries: int = 3,
                          client: adbutils.AdbClient | None = None) -> list[dict]:
-    """Measure `model` with `runner` on each target for each thread count.
+    """Measure `model` on each target for each thread count.
 
-    Returns one dict per measurement, {target, device, threads, runner (the
-    runner's JSON), model, model_sha256, runner_sha256, settings}, including those
-    already in `results_path` from an earlier, interrupted call (not measured again).
-    Any device failing raises one UserError after the others have finished.
+    `runner` with `libraries` goes to the devices of the ABI it is built for (an
+    x86_64 build: emulators); arm64-v8a devices otherwise get the arm64 bundle
+    (arm64_bundle.BUNDLE_DIR). Returns one dict per measurement, {target, device,
+    threads, runner (the runner's JSON), model, model_sha256, runner_sha256 (for
+    the bundle: its manifest's), bundle (ABI and hash of what ran), outputs_sha256,
+    settings}, including those already in `results_path` from an earlier,
+    interrupted call (not measured again). Any device failing raises one UserError
+    after the others have finished.
     """
-    model, runner = Path(model), Path(runner)
-    files = _placements(runner, [Path(lib) for lib in libraries], model)
+    model = Path(model)
+    if not model.is_file():
+        raise UserError(f"{model} does not exist: build it first or fix the path")
+    payloads = _Payloads(Path(runner), [Path(lib) for lib in libraries])
     client = client or _client()
     serials = discover(targets, client, timeouts, retries)
     store = ResultStore(results_path)
-    base = measurement_base(model, runner, settings)
     done = store.finished()
 
     def on_device(serial: str) -> list[dict]:
-        wanted = [t for t in threads
-                  if measurement_identity({**base, "target": serial, "threads": t}) not in done]
-        reused = [done[measurement_identity({**base, "target": serial, "threads": t})]
-                  for t in threads if t not in wanted]
-        if not wanted:
-            return reused
         session = DeviceSession(client, serial, timeouts)
-        device_run = _DeviceRun(session, files, model, runner, {**base, "target": serial},
-                                settings, store, retries)
-        return reused + device_run.run(wanted)
+        return _DeviceRun(session, model, payloads, settings, store, done, retries).run(threads)
 
     errors: list[str] = []
     results: list[dict] = []

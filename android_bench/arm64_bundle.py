@@ -36,8 +36,10 @@ from pathlib import Path
 
 from android_bench.native_build import (CROSS_CXX, CXX_FLAGS, REPO, NativeBuildError,
                                         cross_include_flags, require_tool)
+from core.errors import UserError
 
 ABI = "arm64-v8a"
+BUNDLE_DIR = REPO / ".native" / "bundles" / ABI  # where scripts/setup.sh puts it
 SYSROOT_LIB = Path("/usr/aarch64-linux-gnu/lib")  # Debian's libc6-arm64-cross and friends
 LOADER = "ld-linux-aarch64.so.1"
 GLIBC_PIECES = (LOADER, "libc.so.6", "libm.so.6", "libstdc++.so.6", "libgcc_s.so.1",
@@ -180,6 +182,31 @@ def assemble(wheel_path: Path, out: Path) -> None:
         if out.exists():
             out.rename(old)
         staging.rename(out)
+
+
+def checked_bundle(folder: Path = BUNDLE_DIR) -> dict:
+    """The bundle's manifest, after checking every file it lists against its sha256
+    and size: a bundle that is half built, edited or from another checkout would
+    measure something else than its manifest (and the records) say."""
+    rebuild = "run `bash scripts/setup.sh`, which builds it"
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        expected = {name: (entry["bytes"], entry["sha256"])
+                    for name, entry in manifest["files"].items()}
+    except FileNotFoundError:
+        raise UserError(f"the arm64 bundle is missing ({folder / 'manifest.json'} does not "
+                        f"exist): {rebuild}") from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UserError(f"the arm64 bundle's manifest {folder / 'manifest.json'} is unreadable "
+                        f"({error}): {rebuild}") from None
+    for name, (size, digest) in expected.items():
+        path = folder / name
+        if not path.is_file():
+            raise UserError(f"the arm64 bundle in {folder} lacks {name}: {rebuild}")
+        if path.stat().st_size != size or sha256_of(path) != digest:
+            raise UserError(f"the arm64 bundle's {name} in {folder} differs from its manifest "
+                            f"(changed after the build): {rebuild} again")
+    return manifest
 
 
 def main(argv: list[str] | None = None) -> int:

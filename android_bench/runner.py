@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import shlex
 import subprocess
 import tempfile
@@ -123,7 +124,9 @@ def sha256_file(path: Path) -> str:
 
 
 def measurement_base(model: Path, runner: Path, settings: RunSettings) -> dict:
-    """The fields every measurement record of this model, runner and settings shares."""
+    """The fields every measurement record of this model, runner and settings shares.
+    `runner` is the file whose hash identifies the runner build: the binary, or for a
+    bundle its manifest (which holds the hash of every file in it)."""
     return {"model": model.name, "model_sha256": sha256_file(model),
             "runner_sha256": sha256_file(runner),
             "settings": {**asdict(settings), "extra_args": list(settings.extra_args)}}
@@ -155,11 +158,13 @@ def litert_library() -> Path:
 
 
 def runner_command(runner: str, model: str, threads: int, settings: RunSettings,
-                   json_output: str) -> list[str]:
-    """argv of one measurement, behind `taskset MASK` when an affinity is set. Input
-    shapes and the tensor cap are passed only when set, so a runner without those
-    flags still measures models that need neither."""
-    argv = [runner, f"--graph={model}", f"--num_threads={threads}",
+                   json_output: str, *, launcher: Sequence[str] = (),
+                   output_filepath: str | None = None) -> list[str]:
+    """argv of one measurement, behind `taskset MASK` when an affinity is set and the
+    `launcher` words (e.g. ("sh",) for the arm64 bundle's run.sh). Input shapes, the
+    tensor cap and the outputs file are passed only when set, so a runner without
+    those flags still measures models that need none of them."""
+    argv = [*launcher, runner, f"--graph={model}", f"--num_threads={threads}",
             f"--warmup_runs={settings.warmup_runs}",
             f"--warmup_min_secs={settings.warmup_min_secs}", f"--num_runs={settings.num_runs}",
             f"--min_secs={settings.min_secs}", "--report_peak_memory_footprint=true"]
@@ -168,6 +173,8 @@ def runner_command(runner: str, model: str, threads: int, settings: RunSettings,
                  f"--input_layer_shape={settings.input_layer_shape}"]
     if settings.max_tensor_bytes:
         argv.append(f"--max_tensor_bytes={settings.max_tensor_bytes}")
+    if output_filepath:
+        argv.append(f"--output_filepath={output_filepath}")
     argv += [f"--json_output={json_output}", *settings.extra_args]
     return ["taskset", settings.affinity, *argv] if settings.affinity else argv
 
@@ -206,12 +213,26 @@ def parse_runner_json(text: str, where: str) -> dict:
     return document
 
 
+def outputs_digest(data: bytes | None) -> str | None:
+    """sha256 of the outputs file the runner wrote (`--output_filepath`: the raw output
+    tensors of its last inference), recorded so that targets can be compared; None
+    when it wrote none (a runner without the flag)."""
+    return None if data is None else hashlib.sha256(data).hexdigest()
+
+
+def runner_build(abi: str, runner: Path) -> dict:
+    """Which runner build a record's measurement ran: a plain binary, by its hash."""
+    return {"abi": abi, "runner_sha256": sha256_file(runner)}
+
+
 def run_on_host(runner: Path, model: Path, threads: int, settings: RunSettings,
-                timeout_s: float = 900) -> dict:
-    """Run the runner on this machine and return its JSON document."""
+                timeout_s: float = 900, outputs_path: Path | None = None) -> dict:
+    """Run the runner on this machine and return its JSON document; with `outputs_path`
+    the runner writes the outputs of its last inference there."""
     with tempfile.TemporaryDirectory(prefix="edgepipe-bench-") as folder:
         output = Path(folder) / "result.json"
-        command = runner_command(str(runner), str(model), threads, settings, str(output))
+        command = runner_command(str(runner), str(model), threads, settings, str(output),
+                                 output_filepath=str(outputs_path) if outputs_path else None)
         try:
             result = subprocess.run(command, capture_output=True, text=True,
                                     encoding="utf-8", errors="replace", timeout=timeout_s)
@@ -240,14 +261,19 @@ def benchmark_on_host(model: str | os.PathLike, *, results_path: str | os.PathLi
     if not model.is_file():
         raise UserError(f"{model} does not exist.")
     store = ResultStore(results_path)
-    base = {**measurement_base(model, runner, settings), "target": "host"}
+    base = {**measurement_base(model, runner, settings), "target": "host",
+            "bundle": runner_build(platform.machine(), runner)}
     done = store.finished()
     records = []
     for count in threads:
         record = done.get(measurement_identity({**base, "threads": count}))
         if record is None:
-            document = run_on_host(runner, model, count, settings)
-            record = {**base, "device": document["device"], "threads": count, "runner": document}
+            with tempfile.TemporaryDirectory(prefix="edgepipe-outputs-") as folder:
+                outputs = Path(folder) / "outputs.raw"
+                document = run_on_host(runner, model, count, settings, outputs_path=outputs)
+                digest = outputs_digest(outputs.read_bytes() if outputs.is_file() else None)
+            record = {**base, "device": document["device"], "threads": count, "runner": document,
+                      "outputs_sha256": digest}
             store.append(record)
         records.append(record)
     return records
@@ -274,4 +300,7 @@ def to_benchmark_record(measurement: dict) -> dict:
         "init_footprint_kib": memory.get("init_footprint_kib"),
         "peak_rss_kib": memory.get("peak_rss_kib"),
         "device": measurement["device"],
+        # None for records journalled by older versions, which lacked them.
+        "bundle": measurement.get("bundle"),
+        "outputs_sha256": measurement.get("outputs_sha256"),
     }

@@ -27,8 +27,9 @@ def run_settings(settings: BenchmarkConfig) -> RunSettings:
 
 
 def _device_files(settings: BenchmarkConfig) -> tuple[Path, list[Path]]:
-    """The runner and libraries pushed to devices: by default the host build, which
-    only runs on a device of the same ABI (build for arm64 as in RUNNER.md)."""
+    """The runner and libraries pushed to devices of the ABI they are built for: by
+    default the host build (x86_64 emulators); arm64-v8a phones get setup's arm64
+    bundle unless this runner is an arm64 build (android_bench/adb_harness.py)."""
     runner = Path(settings.device_runner) if settings.device_runner else runner_binary()
     libraries = ([Path(p) for p in settings.device_libraries] if settings.device_libraries
                  else [litert_library()])

@@ -1,15 +1,9 @@
 """The arm64 bundle (.native/bundles/arm64-v8a, built by scripts/setup.sh) without
 a phone: its manifest describes its files, and its runner, started through its
-run.sh under qemu's user mode emulation, measures a float and an int8
-MobileNet and SparseGRU models and writes the host runner's outputs.
-
-qemu-user 7.2 shows the program the host's /proc/cpuinfo, and XNNPACK's CPU
-detection crashes on an x86 one, so proot binds an aarch64 cpuinfo over it.
-That cpuinfo must describe the CPU qemu emulates (in issue 13's probe, one
-claiming features qemu's model lacked ended in illegal instructions). The CPU
-is cortex-a76, a phone core (the cpuinfo below has its MIDR and the HWCAP
-features qemu 7.2 gives it), and not `-cpu max`, which computed wrong int8
-results in that probe. A missing bundle, proot or qemu fails the tests.
+run.sh under qemu's user mode emulation (fixtures/arm64.py says why proot binds a
+cortex-a76 cpuinfo), measures a float and an int8 MobileNet and SparseGRU
+models and writes the host runner's outputs. A missing bundle, proot or qemu
+fails the tests.
 """
 from __future__ import annotations
 
@@ -23,30 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.keras_env import keras
-from fixtures.fuzzing import REPO, require_tool
-from models.mobilenet import mobilenet_v1
-from tflite.convert import convert_model
-from tflite.ops.sparse_gru_lowering import convert_with_sparse_gru
+from android_bench.arm64_bundle import BUNDLE_DIR as BUNDLE
+from fixtures.arm64 import EM_AARCH64, elf_machine, under_qemu, write_cpuinfo
+from fixtures.fuzzing import REPO
+from fixtures.small_models import mobilenets, sparse_gru
 
-BUNDLE = REPO / ".native" / "bundles" / "arm64-v8a"
 HOST_RUNNER = REPO / ".native" / "litert_bench"
-QEMU_CPU = "cortex-a76"
-# /proc/cpuinfo of one cortex-a76 core as qemu 7.2 emulates it: MIDR 0x414fd0b1
-# (r4p1) and the features of its AT_HWCAP (0x119ffb).
-CPUINFO_CORE = """\
-processor\t: {index}
-BogoMIPS\t: 50.00
-Features\t: fp asimd aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp
-CPU implementer\t: 0x41
-CPU architecture: 8
-CPU variant\t: 0x4
-CPU part\t: 0xd0b
-CPU revision\t: 1
-
-"""
 FAST = ["--num_runs=3", "--min_secs=0", "--warmup_runs=1", "--warmup_min_secs=0"]
-EM_AARCH64 = 183  # e_machine in the ELF header
 
 
 @pytest.fixture(scope="module")
@@ -70,38 +47,20 @@ def test_manifest_describes_every_file(manifest):
     assert manifest["abi"] == "arm64-v8a"
     assert manifest["toolchain"]["compiler"].startswith("aarch64-linux-gnu-g++")
     for name in ("litert_bench", "libLiteRt.so", "lib/ld-linux-aarch64.so.1", "lib/libc.so.6"):
-        header = (BUNDLE / name).read_bytes()[:20]
-        assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == EM_AARCH64
+        assert elf_machine((BUNDLE / name).read_bytes()[:20]) == EM_AARCH64, name
     assert os.access(BUNDLE / "run.sh", os.X_OK) and os.access(BUNDLE / "litert_bench", os.X_OK)
 
 
 @pytest.fixture(scope="module")
 def emulated(tmp_path_factory, manifest):
     """Runs the bundle's run.sh with arguments under proot + qemu (cortex-a76)."""
-    proot, qemu = require_tool("proot"), require_tool("qemu-aarch64-static")
-    cpuinfo = tmp_path_factory.mktemp("cpu") / "cpuinfo"
-    cpuinfo.write_text("".join(CPUINFO_CORE.format(index=i) for i in range(os.cpu_count() or 1)))
+    cpuinfo = write_cpuinfo(tmp_path_factory.mktemp("cpu") / "cpuinfo")
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([proot, "-q", f"{qemu} -cpu {QEMU_CPU}", "-b",
-                               f"{cpuinfo}:/proc/cpuinfo", "/bin/sh", str(BUNDLE / "run.sh"),
-                               *args], capture_output=True, text=True, timeout=300)
+        return subprocess.run(under_qemu(["/bin/sh", str(BUNDLE / "run.sh"), *args], cpuinfo),
+                              capture_output=True, text=True, timeout=300)
 
     return run
-
-
-def _sparse_gru(sparsity: float) -> bytes:
-    """One GRU layer (its state is the model's output, so nothing but SparseGRU
-    computes it) with the smallest `sparsity` of its kernels zeroed, as pruning
-    would, lowered to SparseGRU."""
-    inputs = keras.Input((8, 8), name="input")
-    gru = keras.layers.GRU(16)
-    model = keras.Model(inputs, gru(inputs))
-    gru.set_weights([np.where(np.abs(w) < np.quantile(np.abs(w), sparsity), 0, w)
-                     if w.ndim == 2 else w for w in gru.get_weights()])
-    content = convert_with_sparse_gru(model)
-    assert b"SparseGRU" in content
-    return content
 
 
 # name: input shape, output dtype, how close the arm64 outputs must be to the
@@ -121,16 +80,9 @@ CASES = {
 def models(tmp_path_factory) -> dict[str, Path]:
     """Small real models, each with a raw input file beside it (MODEL.input)."""
     folder = tmp_path_factory.mktemp("arm64_models")
-    keras.utils.set_random_seed(0)
-    mobilenet = mobilenet_v1((32, 32, 1), 10, alpha=0.25)
     rng = np.random.default_rng(0)
-    images = rng.random((16, 32, 32, 1), dtype=np.float32)
-    contents = {
-        "mobilenet_float": convert_model(mobilenet, "none"),
-        "mobilenet_int8": convert_model(mobilenet, "int8", images),
-        "sparse_gru_csr": _sparse_gru(0.8),
-        "sparse_gru_dense_rows": _sparse_gru(0.5),
-    }
+    contents = {**mobilenets(), "sparse_gru_csr": sparse_gru(0.8),
+                "sparse_gru_dense_rows": sparse_gru(0.5)}
     paths = {}
     for name, content in contents.items():
         paths[name] = folder / f"{name}.tflite"
