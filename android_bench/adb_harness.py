@@ -44,11 +44,12 @@ import adbutils
 from absl import logging
 from adbutils.errors import AdbError, AdbTimeout
 
-from android_bench import arm64_bundle
-from android_bench.runner import (ResultStore, RunSettings, crash_message, measurement_base,
-                                  measurement_identity, outputs_digest, runner_build,
-                                  runner_command, sha256_file)
+from android_bench import arm64_bundle, benchmark_model_output
+from android_bench.runner import (RUNNER_TOOL, ResultStore, RunSettings, crash_message,
+                                  measurement_base, measurement_identity, outputs_digest,
+                                  peer_command, runner_build, runner_command, sha256_file)
 from core.errors import UserError
+from tflite.inspect import inspect_model
 
 DEVICE_TMP = "/data/local/tmp"
 WORK_PREFIX = "edgepipe-"
@@ -56,6 +57,7 @@ WORK_PREFIX = "edgepipe-"
 # alone in its own folder and the runner's JSON in a third, so that no model name can
 # clash with the runner, a library or an output.
 BIN_DIR, MODEL_DIR, RESULTS_DIR = "bin", "model", "results"
+PEER_DIR = "peer"  # the user's official benchmark_model, apart from our runner's files
 # A work folder in which nothing changed for this long belongs to no live session
 # (a session writes into it at least once per measurement); see _is_stale.
 STALE_AFTER_S = 6 * 3600
@@ -544,6 +546,7 @@ class Payload:
     library_dir: str | None   # made LD_LIBRARY_PATH (the host build's libraries)
     identity: Path            # its hash is the records' runner_sha256 (resume by identity)
     bundle: dict              # the records' "bundle": which build ran
+    tool: str = RUNNER_TOOL   # which runner it is: ours, or LiteRT's benchmark_model
 
 
 def _elf_abi(path: Path) -> str | None:
@@ -586,14 +589,30 @@ def _bundle_payload() -> Payload:
                            "litert": manifest["litert"]["version"]})
 
 
+def _peer_payload(path: Path) -> Payload:
+    """LiteRT's official benchmark_model as the user gave it: one program (a script is
+    started with sh). Its records' bundle names the ABI it is built for."""
+    if not path.is_file():
+        raise UserError(f"benchmark_model {path} does not exist: give the path of LiteRT's "
+                        "Android benchmark_model binary, or leave benchmark_model unset")
+    abi = _elf_abi(path)
+    return Payload(files=((path, f"{PEER_DIR}/{path.name}"),), runner=path,
+                   entry=f"{PEER_DIR}/{path.name}", launcher=() if abi else ("sh",),
+                   library_dir=None, identity=path,
+                   bundle=runner_build(abi or "script", path),
+                   tool=benchmark_model_output.TOOL)
+
+
 class _Payloads:
     """The payload for each device ABI: the caller's runner for the ABI it is built for,
     the arm64 bundle for arm64-v8a devices otherwise. So an x86-64 runner never goes to
     an arm64 device, and a device of any other ABI is one clear error. The bundle is
-    checked once, when the first arm64 device needs it."""
+    checked once, when the first arm64 device needs it. The official benchmark_model,
+    when given, runs beside ours on devices of the ABI it is built for."""
 
-    def __init__(self, runner: Path, libraries: list[Path]):
+    def __init__(self, runner: Path, libraries: list[Path], peer: Path | None = None):
         self.given = _given_payload(runner, libraries)
+        self.peer = _peer_payload(peer) if peer else None
         self.given_abi = self.given.bundle["abi"]
         self._bundle: Payload | None = None
         self._lock = threading.Lock()
@@ -611,73 +630,120 @@ class _Payloads:
         raise UserError(f"device {serial} reports {reported}; there is a runner only for "
                         f"{supported}: use a device with one of those ABIs")
 
+    def peer_for_device(self, serial: str, abi: str) -> Payload | None:
+        """benchmark_model for this device, None when none is given; one built for
+        another ABI is an error, not a push that cannot run."""
+        if self.peer is None or self.peer.bundle["abi"] in (abi, "script"):
+            return self.peer
+        raise UserError(f"benchmark_model {self.peer.runner} is built for "
+                        f"{self.peer.bundle['abi']} but device {serial} is {abi}: give the "
+                        f"{abi} build of benchmark_model")
+
+
+def peer_refusal(model: Path) -> str | None:
+    """Why the official benchmark_model cannot run `model` (it has none of our custom
+    ops' kernels), or None when it can."""
+    custom = inspect_model(model).custom_ops
+    if custom:
+        return (f"benchmark_model skipped for {model.name}: it has no kernel for the custom "
+                f"op(s) {', '.join(custom)}")
+    return None
+
 
 class _DeviceRun:
-    """All thread counts on one device, with reconnects and resumption."""
+    """All thread counts on one device (with our runner, then benchmark_model when
+    given), with reconnects and resumption."""
 
     def __init__(self, session: DeviceSession, model: Path, payloads: _Payloads,
                  settings: RunSettings, store: ResultStore, done: dict[tuple, dict],
-                 retries: int):
+                 retries: int, peer_skip: str | None = None):
         self.session, self.model, self.payloads = session, model, payloads
         self.settings, self.store, self.done, self.retries = settings, store, done, retries
+        self.peer_skip = peer_skip
         self.finished: list[dict] = []
 
-    def _plan(self, info: dict, threads: Sequence[int]) -> list[int]:
-        """Choose the payload for the device's ABI; the thread counts not measured yet
-        with it (those already in the store go to self.finished)."""
-        self.payload = self.payloads.for_device(self.session.serial, info["abi"])
-        self.files = [*self.payload.files, (self.model, f"{MODEL_DIR}/{self.model.name}")]
-        self.base = {**measurement_base(self.model, self.payload.identity, self.settings),
-                     "target": self.session.serial, "bundle": self.payload.bundle}
+    def _base(self, payload: Payload) -> dict:
+        return {**measurement_base(self.model, payload.identity, self.settings),
+                "target": self.session.serial, "bundle": payload.bundle, "tool": payload.tool}
+
+    def _plan(self, info: dict, threads: Sequence[int]) -> list[tuple[Payload, int]]:
+        """Choose the payloads for the device's ABI; the (payload, thread count) pairs
+        not measured yet (those already in the store go to self.finished)."""
+        serial = self.session.serial
+        payloads = [self.payloads.for_device(serial, info["abi"])]
+        peer = self.payloads.peer_for_device(serial, info["abi"])
+        if peer and self.peer_skip:
+            logging.warning("%s: %s", serial, self.peer_skip)
+        elif peer:
+            payloads.append(peer)
+        self.files = [file for payload in payloads for file in payload.files]
+        self.files.append((self.model, f"{MODEL_DIR}/{self.model.name}"))
+        self.bases = {payload.tool: self._base(payload) for payload in payloads}
         pending = []
-        for count in threads:
-            record = self.done.get(measurement_identity({**self.base, "threads": count}))
-            if record is None:
-                pending.append(count)
-            else:
-                self.finished.append(record)
+        for payload in payloads:
+            for count in threads:
+                identity = measurement_identity({**self.bases[payload.tool], "threads": count})
+                record = self.done.get(identity)
+                if record is None:
+                    pending.append((payload, count))
+                else:
+                    self.finished.append(record)
         return pending
 
-    def _command(self, threads: int, json_path: str, outputs_path: str) -> str:
-        d, payload = self.session.run_dir, self.payload
-        argv = runner_command(payload.entry, f"{d}/{MODEL_DIR}/{self.model.name}", threads,
-                              self.settings, json_path, launcher=payload.launcher,
-                              output_filepath=outputs_path)
+    def _command(self, payload: Payload, threads: int, json_path: str, outputs_path: str) -> str:
+        d = self.session.run_dir
+        model = f"{d}/{MODEL_DIR}/{self.model.name}"
+        if payload.tool == RUNNER_TOOL:
+            argv = runner_command(payload.entry, model, threads, self.settings, json_path,
+                                  launcher=payload.launcher, output_filepath=outputs_path)
+        else:
+            argv = peer_command(payload.entry, model, threads, self.settings, outputs_path,
+                                launcher=payload.launcher)
         environment = (f"LD_LIBRARY_PATH={shlex.quote(f'{d}/{payload.library_dir}')} "
                        if payload.library_dir else "")
         return f"cd {shlex.quote(d)} && {environment}{shlex.join(argv)}"
 
-    def _measure(self, info: dict, threads: int) -> dict:
-        session, runner = self.session, self.payload.runner
-        json_path = f"{session.run_dir}/{RESULTS_DIR}/result-{threads}.json"
-        outputs_path = f"{session.run_dir}/{RESULTS_DIR}/outputs-{threads}.raw"
+    def _runner_json(self, json_path: str, threads: int) -> dict:
+        serial = self.session.serial
+        data = self.session.read_file(json_path)
+        if not data:
+            raise UserError(f"the runner exited 0 on device {serial} (threads={threads}) "
+                            f"but wrote no JSON to {json_path}; check that it accepts --json_output")
+        try:
+            return json.loads(data.decode("utf-8", errors="replace"))
+        except json.JSONDecodeError as error:
+            raise UserError(f"the runner's JSON from device {serial} (threads={threads}) "
+                            f"is not valid JSON ({error})") from None
+
+    def _measure(self, info: dict, payload: Payload, threads: int) -> dict:
+        session, runner = self.session, payload.runner
+        tag = f"{payload.tool}-{threads}"
+        json_path = f"{session.run_dir}/{RESULTS_DIR}/result-{tag}.json"
+        outputs_path = f"{session.run_dir}/{RESULTS_DIR}/outputs-{tag}.raw"
         what = f"{runner.name} --num_threads={threads} on {session.serial}"
-        result = session.shell(self._command(threads, json_path, outputs_path),
+        result = session.shell(self._command(payload, threads, json_path, outputs_path),
                                session.timeouts.run, what)
         if SIGNAL_EXIT_BASE < result.returncode <= SIGNAL_EXIT_BASE + 64:
             crash = crash_message(runner, result.returncode - SIGNAL_EXIT_BASE, result.stderr)
             raise UserError(f"on device {session.serial} (threads={threads}), {crash}")
+        output = result.stderr or result.stdout  # a shell_v1 device mixes them
         if result.returncode != 0:
-            output = result.stderr or result.stdout  # a shell_v1 device mixes them
             tail = "\n".join(output.strip().splitlines()[-STDERR_TAIL_LINES:])
-            raise UserError(f"the runner failed on device {session.serial} (threads={threads}, "
-                            f"exit status {result.returncode}); its stderr ends with:\n{tail}")
-        data = session.read_file(json_path)
-        if not data:
-            raise UserError(f"the runner exited 0 on device {session.serial} (threads={threads}) "
-                            f"but wrote no JSON to {json_path}; check that it accepts --json_output")
-        try:
-            runner_json = json.loads(data.decode("utf-8", errors="replace"))
-        except json.JSONDecodeError as error:
-            raise UserError(f"the runner's JSON from device {session.serial} (threads={threads}) "
-                            f"is not valid JSON ({error})") from None
+            raise UserError(f"{runner.name} failed on device {session.serial} (threads={threads}, "
+                            f"exit status {result.returncode}); its output ends with:\n{tail}")
+        if payload.tool == RUNNER_TOOL:
+            document = self._runner_json(json_path, threads)
+        else:
+            document = benchmark_model_output.parse(
+                f"{result.stdout}\n{result.stderr}",
+                f"benchmark_model on device {session.serial} (threads={threads})")
         # The device is described by `info`: the runner's own "device" says "host" on a
         # phone when it is the glibc bundle (built without __ANDROID__).
-        return {**self.base, "device": info, "threads": threads, "runner": runner_json,
-                "outputs_sha256": outputs_digest(session.read_file(outputs_path))}
+        return {**self.bases[payload.tool], "device": info, "threads": threads,
+                "runner": document, "outputs_sha256": outputs_digest(session.read_file(outputs_path))}
 
     def run(self, threads: Sequence[int]) -> list[dict]:
-        pending: list[int] | None = None  # not known before the device's ABI is
+        pending: list[tuple[Payload, int]] | None = None  # not known before the device's ABI is
         info: dict | None = None
         reconnects = 0
         step = "starting"
@@ -696,11 +762,14 @@ class _DeviceRun:
                     pushing = True
                     self.session.push_missing(self.files)
                     while pending:
-                        step = f"measuring threads={pending[0]}"
-                        record = self._measure(info, pending[0])
+                        payload, count = pending[0]
+                        step = f"measuring threads={count} with {payload.tool}"
+                        record = self._measure(info, payload, count)
                         self.store.append(record)
                         self.finished.append(record)
-                        logging.info("%s: threads=%d done", self.session.serial, pending.pop(0))
+                        pending.pop(0)
+                        logging.info("%s: %s threads=%d done", self.session.serial,
+                                     payload.tool, count)
                 except _Disconnected as error:
                     reconnects += 1
                     logging.warning("%s: disconnected while %s (%s); reconnecting (%d/%d)",
@@ -736,7 +805,8 @@ def benchmark_on_devices(model: str | os.PathLike, runner: str | os.PathLike, *,
                          settings: RunSettings = RunSettings(),
                          timeouts: Timeouts = Timeouts(),
                          retries: int = 3,
-                         client: adbutils.AdbClient | None = None) -> list[dict]:
+                         client: adbutils.AdbClient | None = None,
+                         benchmark_model: str | os.PathLike | None = None) -> list[dict]:
     """Measure `model` on each target for each thread count.
 
     `runner` with `libraries` goes to the devices of the ABI it is built for (an
@@ -744,14 +814,19 @@ def benchmark_on_devices(model: str | os.PathLike, runner: str | os.PathLike, *,
     (arm64_bundle.BUNDLE_DIR). Returns one dict per measurement, {target, device,
     threads, runner (the runner's JSON), model, model_sha256, runner_sha256 (for
     the bundle: its manifest's), bundle (ABI and hash of what ran), outputs_sha256,
-    settings}, including those already in `results_path` from an earlier,
-    interrupted call (not measured again). Any device failing raises one UserError
-    after the others have finished.
+    settings, tool}, including those already in `results_path` from an earlier,
+    interrupted call (not measured again). With `benchmark_model` (LiteRT's official
+    binary) every device of its ABI also runs that, on models without custom ops,
+    in records whose tool is "benchmark_model" and whose runner holds what
+    benchmark_model_output reads from its log. Any device failing raises one
+    UserError after the others have finished.
     """
     model = Path(model)
     if not model.is_file():
         raise UserError(f"{model} does not exist: build it first or fix the path")
-    payloads = _Payloads(Path(runner), [Path(lib) for lib in libraries])
+    payloads = _Payloads(Path(runner), [Path(lib) for lib in libraries],
+                         Path(benchmark_model) if benchmark_model else None)
+    peer_skip = peer_refusal(model) if benchmark_model else None
     client = client or _client()
     serials = discover(targets, client, timeouts, retries)
     store = ResultStore(results_path)
@@ -759,7 +834,8 @@ def benchmark_on_devices(model: str | os.PathLike, runner: str | os.PathLike, *,
 
     def on_device(serial: str) -> list[dict]:
         session = DeviceSession(client, serial, timeouts)
-        return _DeviceRun(session, model, payloads, settings, store, done, retries).run(threads)
+        return _DeviceRun(session, model, payloads, settings, store, done, retries,
+                          peer_skip).run(threads)
 
     errors: list[str] = []
     results: list[dict] = []

@@ -332,6 +332,26 @@ double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+// One phase's lines as benchmark_model logs them: what it runs for, then
+// count/first/curr/min/max/avg/std/p5/median/p95 of its runs in microseconds.
+void PrintPhase(int runs, double min_secs, double max_secs, const std::vector<double>& runs_us) {
+  std::fprintf(stderr,
+               "INFO: Running benchmark for at least %d iterations and at least %g seconds but "
+               "terminate if exceeding %g seconds.\n",
+               runs, min_secs, max_secs);
+  LatencyStats stats;
+  try {
+    stats = edgepipe::bench::SummarizeLatencies(runs_us);
+  } catch (const std::invalid_argument&) {
+    return;  // no runs (a zero-length warm-up): benchmark_model prints no count line either
+  }
+  std::fprintf(stderr,
+               "INFO: count=%zu first=%.1f curr=%.1f min=%.1f max=%.1f avg=%.1f std=%.1f p5=%.1f "
+               "median=%.1f p95=%.1f\n",
+               stats.count, runs_us.front(), runs_us.back(), stats.min_us, stats.max_us,
+               stats.mean_us, stats.std_us, stats.p5_us, stats.p50_us, stats.p95_us);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -463,20 +483,19 @@ int main(int argc, char** argv) {
        << ", \"steady_state\": " << StatsJson(steady) << ", \"memory\": " << memory
        << ", \"device\": " << DeviceJson() << "}\n";
 
+  // The human summary in benchmark_model's documented log lines, so that whoever
+  // reads that tool's output (a person, or android_bench/benchmark_model_output.py)
+  // reads this runner's too.
+  std::fprintf(stderr, "INFO: Initialized session in %.3fms.\n", init_us / 1000.0);
+  PrintPhase(flags.warmup_runs, flags.warmup_min_secs, flags.max_secs, warmup_us);
+  PrintPhase(flags.num_runs, flags.min_secs, flags.max_secs, runs_us);
   std::fprintf(stderr,
-               "model %s (%zu bytes), %d thread(s), %s\n"
-               "init %.1f us (load %.1f, check %.1f, compile %.1f); first inference %.1f us\n"
-               "warm-up %zu runs, mean %.1f us\n"
-               "steady state %zu runs: mean %.1f us, std %.1f, min %.1f, max %.1f, "
-               "p5 %.1f, p50 %.1f, p90 %.1f, p95 %.1f, p99 %.1f\n",
-               flags.graph.c_str(), runtime->model_bytes(), flags.num_threads,
-               flags.accelerator.c_str(), init_us, times.load_us, times.check_us,
-               times.compile_us, first_us, warmup_us.size(), warmup_mean_us, steady.count,
-               steady.mean_us, steady.std_us, steady.min_us, steady.max_us, steady.p5_us,
-               steady.p50_us, steady.p90_us, steady.p95_us, steady.p99_us);
+               "INFO: Inference timings in us: Init: %.0f, First inference: %.1f, "
+               "Warmup (avg): %.1f, Inference (avg): %.1f\n",
+               init_us, first_us, warmup_us.empty() ? first_us : warmup_mean_us, steady.mean_us);
   if (flags.report_peak_memory_footprint) {
-    std::fprintf(stderr, "memory: init footprint %ld KiB, peak RSS %ld KiB\n",
-                 rss_init_kib - rss_before_kib, peak_kib);
+    std::fprintf(stderr, "INFO: Peak memory footprint (MB): init=%.4f overall=%.4f\n",
+                 static_cast<double>(rss_init_kib) / 1024.0, static_cast<double>(peak_kib) / 1024.0);
   }
   if (flags.json_output.empty()) {
     std::fputs(json.str().c_str(), stdout);

@@ -22,6 +22,7 @@ from core.signals import signal_exit_message
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NATIVE_DIR = REPO_ROOT / ".native"
 RUNNER_SCHEMA_VERSION = 1
+RUNNER_TOOL = "litert_bench"  # records' "tool": which runner measured (also "benchmark_model")
 # The line litert_bench writes to stderr once the model is compiled: a crash
 # after it happened while running the model, before it while compiling.
 COMPILED_MARKER = "litert_bench: compiled"
@@ -157,13 +158,10 @@ def litert_library() -> Path:
     return path
 
 
-def runner_command(runner: str, model: str, threads: int, settings: RunSettings,
-                   json_output: str, *, launcher: Sequence[str] = (),
-                   output_filepath: str | None = None) -> list[str]:
-    """argv of one measurement, behind `taskset MASK` when an affinity is set and the
-    `launcher` words (e.g. ("sh",) for the arm64 bundle's run.sh). Input shapes, the
-    tensor cap and the outputs file are passed only when set, so a runner without
-    those flags still measures models that need none of them."""
+def _flags_both_tools_take(runner: str, model: str, threads: int, settings: RunSettings,
+                           launcher: Sequence[str]) -> list[str]:
+    """The flags our runner shares with LiteRT's benchmark_model (same names, same
+    meaning), after the launcher words."""
     argv = [*launcher, runner, f"--graph={model}", f"--num_threads={threads}",
             f"--warmup_runs={settings.warmup_runs}",
             f"--warmup_min_secs={settings.warmup_min_secs}", f"--num_runs={settings.num_runs}",
@@ -171,12 +169,35 @@ def runner_command(runner: str, model: str, threads: int, settings: RunSettings,
     if settings.input_layer:
         argv += [f"--input_layer={settings.input_layer}",
                  f"--input_layer_shape={settings.input_layer_shape}"]
+    return argv
+
+
+def _pinned(argv: list[str], settings: RunSettings) -> list[str]:
+    return ["taskset", settings.affinity, *argv] if settings.affinity else argv
+
+
+def runner_command(runner: str, model: str, threads: int, settings: RunSettings,
+                   json_output: str, *, launcher: Sequence[str] = (),
+                   output_filepath: str | None = None) -> list[str]:
+    """argv of one measurement, behind `taskset MASK` when an affinity is set and the
+    `launcher` words (e.g. ("sh",) for the arm64 bundle's run.sh). Input shapes, the
+    tensor cap and the outputs file are passed only when set, so a runner without
+    those flags still measures models that need none of them."""
+    argv = _flags_both_tools_take(runner, model, threads, settings, launcher)
     if settings.max_tensor_bytes:
         argv.append(f"--max_tensor_bytes={settings.max_tensor_bytes}")
     if output_filepath:
         argv.append(f"--output_filepath={output_filepath}")
     argv += [f"--json_output={json_output}", *settings.extra_args]
-    return ["taskset", settings.affinity, *argv] if settings.affinity else argv
+    return _pinned(argv, settings)
+
+
+def peer_command(program: str, model: str, threads: int, settings: RunSettings,
+                 output_filepath: str, *, launcher: Sequence[str] = ()) -> list[str]:
+    """argv of one measurement by LiteRT's benchmark_model: only the flags it has
+    (settings.extra_args and the tensor cap are our runner's own)."""
+    argv = _flags_both_tools_take(program, model, threads, settings, launcher)
+    return _pinned([*argv, f"--output_filepath={output_filepath}"], settings)
 
 
 def crash_message(runner: Path, signum: int, stderr: str) -> str:
@@ -262,7 +283,7 @@ def benchmark_on_host(model: str | os.PathLike, *, results_path: str | os.PathLi
         raise UserError(f"{model} does not exist.")
     store = ResultStore(results_path)
     base = {**measurement_base(model, runner, settings), "target": "host",
-            "bundle": runner_build(platform.machine(), runner)}
+            "bundle": runner_build(platform.machine(), runner), "tool": RUNNER_TOOL}
     done = store.finished()
     records = []
     for count in threads:
@@ -303,4 +324,5 @@ def to_benchmark_record(measurement: dict) -> dict:
         # None for records journalled by older versions, which lacked them.
         "bundle": measurement.get("bundle"),
         "outputs_sha256": measurement.get("outputs_sha256"),
+        "tool": measurement.get("tool", RUNNER_TOOL),
     }

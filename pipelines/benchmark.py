@@ -49,5 +49,6 @@ def measure(target: str, model_path: Path, settings: BenchmarkConfig, journal: P
         measurements = benchmark_on_devices(model_path, runner, results_path=journal,
                                             targets="all" if target == "all" else [target],
                                             threads=settings.threads,
-                                            libraries=libraries, settings=run_settings(settings))
+                                            libraries=libraries, settings=run_settings(settings),
+                                            benchmark_model=settings.benchmark_model)
     return [to_benchmark_record(m) for m in measurements]

@@ -61,6 +61,8 @@ flags.DEFINE_string("input_layer_shape", RunSettings.input_layer_shape,
 flags.DEFINE_integer("max_tensor_bytes", RunSettings.max_tensor_bytes,
                      "bench: cap on the model's activation memory in bytes (0: the runtime's "
                      "default).")
+flags.DEFINE_string("benchmark_model", None, "bench: LiteRT's official Android benchmark_model "
+                    "binary, also run on each device of its ABI (models without custom ops).")
 flags.DEFINE_string("json_output", None, "bench/bench-ops: also write the results as JSON to "
                     "this file.")
 # bench-ops
@@ -158,7 +160,8 @@ def command_bench(args: list[str]) -> None:
         "warmup_runs": FLAGS.warmup_runs, "warmup_min_secs": FLAGS.warmup_min_secs,
         "num_runs": FLAGS.num_runs, "min_secs": FLAGS.min_secs, "affinity": FLAGS.affinity,
         "input_layer": FLAGS.input_layer, "input_layer_shape": FLAGS.input_layer_shape,
-        "max_tensor_bytes": FLAGS.max_tensor_bytes}, "", flags=True)
+        "max_tensor_bytes": FLAGS.max_tensor_bytes, "benchmark_model": FLAGS.benchmark_model},
+        "", flags=True)
     if FLAGS.json_output:
         atomic.check_writable(FLAGS.json_output, "--json_output")
     # Measurements are journalled next to the JSON output (or in a temporary

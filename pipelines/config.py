@@ -244,6 +244,9 @@ class BenchmarkConfig(Section):
     max_tensor_bytes: Count = RunSettings.max_tensor_bytes  # 0: the runtime's default
     device_runner: str | None = None  # default: the host build in .native/
     device_libraries: list[str] = []  # default: the wheel's libLiteRt.so
+    # LiteRT's official Android benchmark_model binary: also run on every device of its
+    # ABI, on models without custom ops, beside our runner (android_bench/adb_harness.py).
+    benchmark_model: str | None = None
 
     @field_validator("affinity")
     @classmethod
@@ -252,6 +255,14 @@ class BenchmarkConfig(Section):
             raise ValueError(f"{affinity!r} is not a CPU mask in hex as taskset takes it, e.g. "
                              "f0 for CPUs 4-7.")
         return affinity
+
+    @field_validator("benchmark_model")
+    @classmethod
+    def _benchmark_model_exists(cls, path: str | None) -> str | None:
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"{path!r} is not a file: give the path of LiteRT's Android "
+                             "benchmark_model binary (from LiteRT's releases), or leave it unset.")
+        return path
 
     @model_validator(mode="after")
     def _targets_and_inputs_agree(self) -> BenchmarkConfig:

@@ -9,6 +9,7 @@ import io
 import json
 from pathlib import Path
 
+from android_bench.runner import RUNNER_TOOL
 from core import atomic
 from core.errors import UserError
 
@@ -101,11 +102,27 @@ def _variant(variants: list[dict], model: str, name: str) -> dict | None:
                  and not v.get("lowering")), None)
 
 
+def _setting(benchmark: dict) -> tuple:
+    """Where and how a benchmark ran: target, thread count and runner."""
+    return benchmark.get("target"), benchmark.get("threads"), benchmark.get("tool", RUNNER_TOOL)
+
+
 def _same_setting(variant: dict | None, benchmark: dict) -> dict | None:
-    """The variant's benchmark at `benchmark`'s target and thread count."""
+    """The variant's benchmark at `benchmark`'s target, thread count and runner."""
     return next((b for b in (variant or {}).get("benchmarks", [])
-                 if (b["target"], b["threads"]) == (benchmark.get("target"),
-                                                     benchmark.get("threads"))), None)
+                 if _setting(b) == _setting(benchmark)), None)
+
+
+def target_label(benchmark: dict) -> str:
+    """The target, and the runner when it is not ours (LiteRT's benchmark_model)."""
+    tool = benchmark.get("tool", RUNNER_TOOL)
+    return benchmark["target"] if tool == RUNNER_TOOL else f"{benchmark['target']} ({tool})"
+
+
+def _ms(value: float | None, digits: int) -> str:
+    """A time in the table; a figure the runner did not report (benchmark_model has no
+    p90 or p99) is a dash, not a zero."""
+    return "–" if value is None else f"{value:.{digits}f}"
 
 
 def device_label(device: dict) -> str:
@@ -117,16 +134,17 @@ def device_label(device: dict) -> str:
 
 def benchmarks_table(variants: list[dict]) -> str:
     """Markdown table of every benchmark, grouped by target."""
-    rows = sorted(((b["target"], v["model"], v["name"], b) for v in variants
+    rows = sorted(((target_label(b), v["model"], v["name"], b) for v in variants
                    for b in v.get("benchmarks", [])), key=lambda r: r[0])
     lines = ["| target | device | model | variant | threads | init ms | first ms | mean ms "
              "| std ms | p50 ms | p90 ms | p99 ms |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for target, model, name, b in rows:
         lines.append(f"| {target} | {device_label(b.get('device', {}))} | {model} | {name} | "
-                     f"{b['threads']} | {b['init_ms']:.2f} | "
-                     f"{b['first_ms']:.3f} | {b['mean_ms']:.3f} | {b['std_ms']:.3f} | "
-                     f"{b['p50_ms']:.3f} | {b['p90_ms']:.3f} | {b['p99_ms']:.3f} |")
+                     f"{b['threads']} | {_ms(b['init_ms'], 2)} | "
+                     + " | ".join(_ms(b[f"{name}_ms"], 3)
+                                  for name in ("first", "mean", "std", "p50", "p90", "p99"))
+                     + " |")
     return "\n".join(lines)
 
 
@@ -141,7 +159,7 @@ def _speedups(variant: dict, variants: list[dict]) -> str:
             parts.append(f"{theirs['mean_ms'] / mine['mean_ms']:.2f}x the speed of {name}")
     if not parts:
         return "- no dense float32 or int8 variant of this model was benchmarked to compare with"
-    return (f"- {mine['mean_ms']:.3f} ms on {mine['target']} at {mine['threads']} thread(s): "
+    return (f"- {mine['mean_ms']:.3f} ms on {target_label(mine)} at {mine['threads']} thread(s): "
             + ", ".join(parts))
 
 

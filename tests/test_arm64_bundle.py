@@ -1,8 +1,8 @@
 """The arm64 bundle (.native/bundles/arm64-v8a, built by scripts/setup.sh) without
 a phone: its manifest describes its files, and its runner, started through its
 run.sh under qemu's user mode emulation (fixtures/arm64.py says why proot binds a
-cortex-a76 cpuinfo), measures a float and an int8 MobileNet and SparseGRU
-models and writes the host runner's outputs. A missing bundle, proot or qemu
+cortex-a76 cpuinfo), measures a float and an int8 MobileNet, SparseGRU models
+and MobileNets lowered to SparseSeparableConv, and writes the host runner's outputs. A missing bundle, proot or qemu
 fails the tests.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 from android_bench.arm64_bundle import BUNDLE_DIR as BUNDLE
 from fixtures.arm64 import EM_AARCH64, elf_machine, under_qemu, write_cpuinfo
 from fixtures.fuzzing import REPO
-from fixtures.small_models import mobilenets, sparse_gru
+from fixtures.small_models import mobilenets, sparse_gru, sparse_separable
 
 HOST_RUNNER = REPO / ".native" / "litert_bench"
 FAST = ["--num_runs=3", "--min_secs=0", "--warmup_runs=1", "--warmup_min_secs=0"]
@@ -67,12 +67,15 @@ def emulated(tmp_path_factory, manifest):
 # host's (0: the same bytes). Int8 kernels and SparseGRU's CSR path give the same
 # bytes on both; SparseGRU's dense-row path (above 30% density: the host's AVX2
 # build fuses multiply-adds, the portable arm64 build does not) and XNNPACK's
-# float kernels (its own per-ISA code) differ in the last bits.
+# float kernels (its own per-ISA code) differ in the last bits, as do
+# SparseSeparableConv's float sums (the host's AVX2 build fuses multiply-adds).
 CASES = {
     "mobilenet_float": ((1, 32, 32, 1), np.float32, 1e-5),
     "mobilenet_int8": ((1, 32, 32, 1), np.int8, 0),
     "sparse_gru_csr": ((1, 8, 8), np.float32, 0),
     "sparse_gru_dense_rows": ((1, 8, 8), np.float32, 1e-5),
+    "sparse_separable_float": ((1, 32, 32, 1), np.float32, 1e-5),
+    "sparse_separable_int8_weights_4x1": ((1, 32, 32, 1), np.float32, 1e-5),
 }
 
 
@@ -82,7 +85,9 @@ def models(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("arm64_models")
     rng = np.random.default_rng(0)
     contents = {**mobilenets(), "sparse_gru_csr": sparse_gru(0.8),
-                "sparse_gru_dense_rows": sparse_gru(0.5)}
+                "sparse_gru_dense_rows": sparse_gru(0.5),
+                "sparse_separable_float": sparse_separable(0.9, "float32", 1),
+                "sparse_separable_int8_weights_4x1": sparse_separable(0.8, "int8", 4)}
     paths = {}
     for name, content in contents.items():
         paths[name] = folder / f"{name}.tflite"

@@ -2,14 +2,15 @@
 pushes the arm64 bundle (never the host's x86-64 runner), starts it through its
 run.sh (under qemu's cortex-a76 here, fixtures/arm64.py) and records which bundle
 ran; an x86_64 device at the same time gets the host build. Plus the bundle's own
-check, an ABI nothing is built for, and an old adbd without shell_v2.
+check, an ABI nothing is built for, an old adbd without shell_v2, and LiteRT's
+official benchmark_model run beside ours (our aarch64 runner standing in).
 
 The runner fills inputs with the same pseudo-random values on every machine, so
 the outputs of the last inference (their sha256 in each record) can be compared
 with the host run's: the int8 MobileNet and SparseGRU (CSR path) give the same
-bytes; XNNPACK's float kernels are per-ISA code that differs in the last bits, so
-the float MobileNet's records are only checked for sane measurements
-(tests/test_arm64_bundle.py compares its values within 1e-5).
+bytes; XNNPACK's float kernels and SparseSeparableConv's float sums are per-ISA
+code that differs in the last bits, so the float models' records are only checked
+for sane measurements (tests/test_arm64_bundle.py compares their values within 1e-5).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from core.errors import UserError
 from fixtures.adb_device import DeviceProfile, adb_server, make_device  # noqa: F401
 from fixtures.arm64 import EM_AARCH64, EM_X86_64
 from fixtures.cli import assert_user_error, edgepipe
-from fixtures.small_models import mobilenets, sparse_gru
+from fixtures.small_models import mobilenets, sparse_gru, sparse_separable
 
 ARM64 = DeviceProfile(model="Emulated Pixel 8", abi="arm64-v8a", soc="Tensor G3")
 FEW_RUNS = ["--threads", "1", "--num_runs", "3", "--warmup_runs", "1", "--warmup_min_secs", "0",
@@ -42,7 +43,9 @@ EXACT = {"mobilenet_int8", "sparse_gru"}
 def models(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("models")
     paths = {}
-    for name, content in {**mobilenets(), "sparse_gru": sparse_gru(0.8)}.items():
+    contents = {**mobilenets(), "sparse_gru": sparse_gru(0.8),
+                "sparse_separable": sparse_separable(0.9, "float32", 1)}
+    for name, content in contents.items():
         paths[name] = folder / f"{name}.tflite"
         paths[name].write_bytes(content)
     return paths
@@ -80,7 +83,8 @@ def bundle_record() -> dict:
             "litert": json.loads(manifest.read_text())["litert"]["version"]}
 
 
-@pytest.mark.parametrize("name", ["mobilenet_float", "mobilenet_int8", "sparse_gru"])
+@pytest.mark.parametrize("name", ["mobilenet_float", "mobilenet_int8", "sparse_gru",
+                                  "sparse_separable"])
 def test_bench_on_arm64_device_runs_the_bundle(adb_server, make_device, models, tmp_path, name):
     phone = make_device(ARM64)
     adb_server.connect(phone)
@@ -172,3 +176,63 @@ def test_device_without_shell_v2_reports_its_properties(adb_server, make_device,
     assert (info["model"], info["abi"], info["soc"]) == ("", "x86_64", "")
     assert (f"{bare.serial}: the device reports no model (ro.product.model), soc (ro.soc.model, "
             "ro.board.platform or ro.hardware)") in caplog.text
+
+
+# LiteRT's official benchmark_model cannot be fetched on these machines. Its stand-in is
+# our aarch64 runner, which prints benchmark_model's documented log lines
+# (tests/test_benchmark_model_output.py): a script started, as the harness starts
+# any benchmark_model that is not an ELF program, with sh, that runs the bundle the
+# harness pushed beside it. Untested: the real binary's flags and output on a phone.
+STAND_IN = """#!/bin/sh
+exec sh "$(dirname "$0")/../bin/run.sh" "$@"
+"""
+
+
+@pytest.fixture
+def stand_in(tmp_path) -> Path:
+    path = tmp_path / "benchmark_model"
+    path.write_text(STAND_IN)
+    return path
+
+
+def test_benchmark_model_runs_beside_our_runner(adb_server, make_device, models, tmp_path,
+                                                stand_in, caplog):
+    phone = make_device(ARM64)
+    adb_server.connect(phone)
+    output = tmp_path / "bench.json"
+    result = edgepipe("bench", "--model", str(models["mobilenet_int8"]), "--target", phone.serial,
+                      *FEW_RUNS, "--benchmark_model", str(stand_in), "--json_output", str(output))
+    assert result.returncode == 0, result.stderr[-3000:]
+    ours, official = json.loads(output.read_text())["benchmarks"]
+    assert (ours["tool"], official["tool"]) == ("litert_bench", "benchmark_model")
+    assert official["bundle"] == {"abi": "script",
+                                  "runner_sha256": hashlib.sha256(stand_in.read_bytes()).hexdigest()}
+    assert official["device"] == ours["device"] and official["runs"] >= 3
+    assert 0 < official["min_ms"] <= official["p50_ms"] <= official["max_ms"]
+    assert official["p90_ms"] is None  # benchmark_model prints no p90
+    assert official["outputs_sha256"] == ours["outputs_sha256"]  # the same inputs, int8
+    assert f"| {phone.serial} (benchmark_model) | Emulated Pixel 8 Tensor G3 |" in result.stdout
+    with caplog.at_level(logging.WARNING):
+        (only,) = benchmark_on_devices(
+            models["sparse_gru"], NATIVE_DIR / "litert_bench", libraries=[litert_library()],
+            results_path=tmp_path / "gru.jsonl", targets=[phone.serial],
+            settings=RunSettings(warmup_runs=1, warmup_min_secs=0, num_runs=3),
+            benchmark_model=stand_in)
+    assert only["tool"] == "litert_bench"
+    assert (f"{phone.serial}: benchmark_model skipped for sparse_gru.tflite: it has no kernel "
+            "for the custom op(s) SparseGRU") in caplog.text
+
+
+def test_benchmark_model_for_another_abi_is_refused_before_any_push(adb_server, make_device,
+                                                                    tiny_model):
+    phone = make_device(ARM64)
+    adb_server.connect(phone)
+    host_build = NATIVE_DIR / "litert_bench"
+    result = edgepipe("bench", "--model", str(tiny_model), "--target", phone.serial, *FEW_RUNS,
+                      "--benchmark_model", str(host_build))
+    assert_user_error(result, f"benchmark_model {host_build} is built for x86_64 but device "
+                              f"{phone.serial} is arm64-v8a: give the arm64-v8a build")
+    assert phone.pushed == []
+    missing = edgepipe("bench", "--model", str(tiny_model), "--benchmark_model", "/no/such")
+    assert_user_error(missing, "--benchmark_model: '/no/such' is not a file: give the path of "
+                               "LiteRT's Android benchmark_model binary")

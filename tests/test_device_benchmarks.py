@@ -34,8 +34,12 @@ def test_bench_on_host_and_all_devices(adb_server, make_device, tmp_path, tiny_t
 
 
 def test_pipeline_benchmarks_every_device(adb_server, make_device, tmp_path):
-    phone = make_device(DeviceProfile(model="Pixel 8"))
-    adb_server.connect(phone)
+    """targets [host, all] with an x86_64 emulator and an arm64 phone (the bundle under
+    qemu) connected: the run measures every variant on all three."""
+    emulator = make_device(DeviceProfile(model="Pixel 8"))
+    phone = make_device(DeviceProfile(model="Emulated Pixel 9", abi="arm64-v8a"))
+    for device in (emulator, phone):
+        adb_server.connect(device)
     config = parse_config({
         "output_dir": str(tmp_path / "run"),
         "models": [{"name": "rnn", "builder": "gru_classifier", "options": {"units": [8]},
@@ -45,9 +49,15 @@ def test_pipeline_benchmarks_every_device(adb_server, make_device, tmp_path):
                       "num_runs": 5}})
     results = run_pipeline(config)
     for variant in results["variants"]:
-        assert [b["target"] for b in variant["benchmarks"]] == ["host", phone.serial]
+        benchmarks = variant["benchmarks"]
+        assert sorted(b["target"] for b in benchmarks) == sorted(
+            ["host", emulator.serial, phone.serial])
+        abis = {b["target"]: b["bundle"]["abi"] for b in benchmarks}
+        assert (abis[emulator.serial], abis[phone.serial]) == ("x86_64", "arm64-v8a")
+        assert all(b["runs"] >= 5 and b["mean_ms"] > 0 for b in benchmarks)
     report = (tmp_path / "run" / "report.md").read_text()
-    assert f"| {phone.serial} | Pixel 8" in report
+    assert f"| {emulator.serial} | Pixel 8" in report
+    assert f"| {phone.serial} | Emulated Pixel 9" in report
 
 
 def test_bench_on_one_device_by_serial(adb_server, make_device, tmp_path, tiny_tflite_bytes):

@@ -108,7 +108,9 @@ def test_bad_settings(tmp_path, assignment, message):
 
 def test_ctrl_c_says_how_to_resume(tmp_path):
     """A real SIGINT while the CNN trains: one line, status 130, no traceback, and no
-    temporary file left in the run folder."""
+    temporary file left in the run folder. Python's own handler is put in place first:
+    a test process started in the background by a non-interactive shell ignores SIGINT."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(8.0, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
@@ -116,6 +118,7 @@ def test_ctrl_c_says_how_to_resume(tmp_path):
                           str(tmp_path / "out"), "--set", "models.cnn.train.epochs=200")
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert result.returncode == 130, result.stderr[-2000:]
     assert "edgepipe run: interrupted; rerun the same command to resume." in result.stderr
     assert "Traceback" not in result.stderr
