@@ -24,8 +24,10 @@ run: setup
 # Both suites always run, so one failing does not hide the other's results; the
 # target fails if either failed. pytest exits with 5 when it collects no tests:
 # a suite that silently vanished is a failure too, so any non-zero status counts.
+# pytest-xdist runs one test file per core at a time (a file's module fixtures are
+# built once, in one worker).
 test: setup
 	@status=0; \
-	$(VENV)/bin/python -m pytest -q tests || status=1; \
+	$(VENV)/bin/python -m pytest -q -n auto --dist loadfile tests || status=1; \
 	$(BAZEL) test //... || status=1; \
 	exit $$status

@@ -1,7 +1,9 @@
 """The native code on arm64, the ABI phones run, without a phone or an NDK.
 
 Debian's aarch64 cross compiler builds every C++ source (runtime, runner,
-kernels, fuzz targets, tests) with the project's warning flags, and the
+kernels, fuzz targets, tests) with the project's warning flags (the runner's
+sources as setup builds the arm64 bundle, checked against its manifest; the
+rest here), and the
 SparseGRU and SparseSeparableConv kernels' own GoogleTest programs (the
 portable NEON builds of the computations, held to scalar references) run under
 qemu's user mode emulation. The runner linked with LiteRT's arm64 library is
@@ -18,10 +20,15 @@ it does not skip).
 """
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
+from android_bench.arm64_bundle import checked_bundle
 from android_bench.native_build import CROSS_CXX, CXX_FLAGS, cross_include_flags
 from fixtures.fuzzing import REPO, SPARSE_GRU_SOURCES, SPARSE_SEPARABLE_SOURCES, require_tool
 
@@ -30,6 +37,7 @@ FLAGS = [*CXX_FLAGS, "-O2"]
 NATIVE_DIRS = ("tflite/runtime", "android_bench", "tflite/ops", "tflite/ops/fuzz")
 GOOGLETEST = Path("/usr/src/googletest/googletest")  # Debian's googletest sources
 EM_AARCH64 = 183  # e_machine in the ELF header
+KERNEL_TESTS = ("sparse_gru_kernel_test", "sparse_separable_kernel_test")
 
 
 def _host_headers(tmp_path: Path) -> list[str]:
@@ -46,31 +54,54 @@ def _compile(args: list[str], flags: list[str] = FLAGS) -> None:
     assert result.returncode == 0, result.stderr[-4000:]
 
 
+def _compile_all(commands: list[tuple[list[str], list[str]]]) -> None:
+    """(args, flags) compiles, one per core at a time (each is one compiler process)."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(lambda command: _compile(*command), commands))
+
+
 def test_every_native_source_compiles_for_arm64(tmp_path):
+    """The sources the arm64 bundle and the kernel tests below do not build already:
+    the runtime's C ABI, the other tests and the fuzz targets."""
     headers = _host_headers(tmp_path)
     objects = tmp_path / "objects"
     objects.mkdir()
-    sources = sorted(path for folder in NATIVE_DIRS for path in (REPO / folder).glob("*.cc"))
-    assert len(sources) >= 15, sources
-    for source in sources:
-        _compile([*headers, "-c", str(source), "-o", str(objects / f"{source.stem}.o")])
+    every = sorted(path for folder in NATIVE_DIRS for path in (REPO / folder).glob("*.cc"))
+    in_bundle = {REPO / source for source in checked_bundle()["runner"]["sources"]}
+    in_kernel_tests = {*SPARSE_GRU_SOURCES, *SPARSE_SEPARABLE_SOURCES,
+                       *(REPO / "tflite" / "ops" / f"{name}.cc" for name in KERNEL_TESTS)}
+    sources = [path for path in every if path not in in_bundle | in_kernel_tests]
+    assert len(every) >= 20 and len(sources) >= 5, sources
+    _compile_all([([*headers, "-c", str(source), "-o", str(objects / f"{source.stem}.o")], FLAGS)
+                  for source in sources])
     assert sorted(path.stem for path in objects.glob("*.o")) == sorted(s.stem for s in sources)
 
 
-def _kernel_test_passes_on_arm64(tmp_path: Path, test_name: str, sources: list[Path]) -> None:
+@pytest.fixture(scope="module")
+def gtest_objects(tmp_path_factory) -> list[Path]:
+    """GoogleTest built for aarch64 once for both kernel tests, without the project's
+    -Werror (not our code)."""
+    folder = tmp_path_factory.mktemp("gtest_arm64")
+    sources = (GOOGLETEST / "src" / "gtest-all.cc", GOOGLETEST / "src" / "gtest_main.cc")
+    objects = [folder / f"{source.stem}.o" for source in sources]
+    _compile_all([([f"-I{GOOGLETEST / 'include'}", f"-I{GOOGLETEST}", "-c", str(source), "-o",
+                    str(target)], ["-std=c++17", "-O1"])
+                  for source, target in zip(sources, objects)])
+    return objects
+
+
+def _kernel_test_passes_on_arm64(tmp_path: Path, gtest_objects: list[Path], test_name: str,
+                                 sources: list[Path]) -> None:
     """Builds a kernel's GoogleTest program for aarch64 and runs it under qemu."""
     require_tool(QEMU)
     headers = _host_headers(tmp_path)
-    # GoogleTest for aarch64, without the project's -Werror (not our code).
-    gtest_objects = []
-    for source in (GOOGLETEST / "src" / "gtest-all.cc", GOOGLETEST / "src" / "gtest_main.cc"):
-        gtest_objects.append(tmp_path / f"{source.stem}.o")
-        _compile([f"-I{GOOGLETEST / 'include'}", f"-I{GOOGLETEST}", "-c", str(source), "-o",
-                  str(gtest_objects[-1])], flags=["-std=c++17", "-O1"])
     test_source = REPO / "tflite" / "ops" / f"{test_name}.cc"
     binary = tmp_path / test_name
-    _compile([*headers, "-static", str(test_source), *map(str, sources),
-              *map(str, gtest_objects), "-pthread", "-o", str(binary)])
+    objects = [tmp_path / f"{source.stem}.o" for source in (test_source, *sources)]
+    _compile_all([([*headers, "-c", str(source), "-o", str(target)], FLAGS)
+                  for source, target in zip((test_source, *sources), objects)])
+    _compile(["-static", *map(str, objects), *map(str, gtest_objects), "-pthread", "-o",
+              str(binary)])
     header = binary.read_bytes()[:20]
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == EM_AARCH64
     result = subprocess.run([QEMU, str(binary)], capture_output=True, text=True, timeout=900)
@@ -82,10 +113,10 @@ def _kernel_test_passes_on_arm64(tmp_path: Path, test_name: str, sources: list[P
     assert f"[  PASSED  ] {declared} tests." in result.stdout, result.stdout[-4000:]
 
 
-def test_sparse_gru_kernel_test_passes_on_arm64(tmp_path):
-    _kernel_test_passes_on_arm64(tmp_path, "sparse_gru_kernel_test", SPARSE_GRU_SOURCES)
+def test_sparse_gru_kernel_test_passes_on_arm64(tmp_path, gtest_objects):
+    _kernel_test_passes_on_arm64(tmp_path, gtest_objects, KERNEL_TESTS[0], SPARSE_GRU_SOURCES)
 
 
-def test_sparse_separable_kernel_test_passes_on_arm64(tmp_path):
-    _kernel_test_passes_on_arm64(tmp_path, "sparse_separable_kernel_test",
+def test_sparse_separable_kernel_test_passes_on_arm64(tmp_path, gtest_objects):
+    _kernel_test_passes_on_arm64(tmp_path, gtest_objects, KERNEL_TESTS[1],
                                  SPARSE_SEPARABLE_SOURCES)

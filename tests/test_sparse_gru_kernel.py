@@ -11,6 +11,7 @@ import os
 import re
 import struct
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -357,18 +358,23 @@ def test_kernel_test_is_race_free_under_tsan(tmp_path):
         "googletest sources missing: scripts/setup.sh installs Debian's googletest"
     tsan = ["-std=c++17", "-O1", "-g", "-fsanitize=thread", "-pthread",
             f"-I{GOOGLETEST / 'include'}"]
-    objects = []
-    for source in (GOOGLETEST / "src" / "gtest-all.cc", GOOGLETEST / "src" / "gtest_main.cc"):
-        objects.append(tmp_path / f"{source.stem}.o")
-        built = subprocess.run([clang, *tsan, f"-I{GOOGLETEST}", "-c", str(source), "-o",
-                                str(objects[-1])], capture_output=True, text=True, timeout=300)
-        assert built.returncode == 0, built.stderr[-4000:]
     test_source = REPO / "tflite" / "ops" / "sparse_gru_kernel_test.cc"
+    ours = [test_source, *SPARSE_GRU_SOURCES]
+    gtest = [GOOGLETEST / "src" / "gtest-all.cc", GOOGLETEST / "src" / "gtest_main.cc"]
+    objects = [tmp_path / f"{source.stem}.o" for source in (*ours, *gtest)]
+
+    def compile_one(source: Path, target: Path) -> None:
+        flags = ([f"-I{GOOGLETEST}"] if source in gtest
+                 else ["-Wall", "-Wextra", "-Werror", f"-I{REPO}"])
+        built = subprocess.run([clang, *tsan, *flags, "-c", str(source), "-o", str(target)],
+                               capture_output=True, text=True, timeout=300)
+        assert built.returncode == 0, built.stderr[-4000:]
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(compile_one, (*ours, *gtest), objects))
     binary = tmp_path / "sparse_gru_kernel_test_tsan"
-    built = subprocess.run(
-        [clang, *tsan, "-Wall", "-Wextra", "-Werror", f"-I{REPO}", str(test_source),
-         *map(str, SPARSE_GRU_SOURCES), *map(str, objects), "-o", str(binary)],
-        capture_output=True, text=True, timeout=300)
+    built = subprocess.run([clang, *tsan, *map(str, objects), "-o", str(binary)],
+                           capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-4000:]
     # A report fails the run even where TSan would only print it.
     result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=600,
