@@ -45,6 +45,7 @@ from absl import logging
 from adbutils.errors import AdbError, AdbTimeout
 
 from android_bench import arm64_bundle, benchmark_model_output
+from android_bench.native_build import EM_AARCH64, EM_X86_64, elf_machine
 from android_bench.runner import (RUNNER_TOOL, ResultStore, RunSettings, crash_message,
                                   measurement_base, measurement_identity, outputs_digest,
                                   peer_command, runner_build, runner_command, sha256_file)
@@ -66,7 +67,7 @@ STDERR_TAIL_LINES = 20
 # A shell reports a command killed by signal N as exit status 128 + N (adbd does too).
 SIGNAL_EXIT_BASE = 128
 # ELF e_machine -> the Android ABI (ro.product.cpu.abi) that runs such a program.
-ELF_ABIS = {62: "x86_64", 183: arm64_bundle.ABI}
+ELF_ABIS = {EM_X86_64: "x86_64", EM_AARCH64: arm64_bundle.ABI}
 HOST_ABI = "x86_64"  # what a runner that is not an ELF program (a script) is taken for
 
 
@@ -552,10 +553,7 @@ class Payload:
 def _elf_abi(path: Path) -> str | None:
     """The Android ABI of an ELF program (None: not one, or for another machine)."""
     with path.open("rb") as file:
-        header = file.read(20)
-    if header[:4] != b"\x7fELF" or len(header) < 20:
-        return None
-    return ELF_ABIS.get(int.from_bytes(header[18:20], "little"))
+        return ELF_ABIS.get(elf_machine(file.read(20)))
 
 
 def _given_payload(runner: Path, libraries: list[Path]) -> Payload:

@@ -18,6 +18,14 @@ CROSS_CXX = "aarch64-linux-gnu-g++"
 # The project's language and warning flags (the BUILD files' COPTS, .bazelrc).
 CXX_FLAGS = ["-std=c++17", "-Wall", "-Wextra", "-Werror", f"-I{REPO}"]
 FLATBUFFERS_HEADERS = Path("/usr/include/flatbuffers")  # Debian's libflatbuffers-dev
+EM_X86_64, EM_AARCH64 = 62, 183  # e_machine in the ELF header
+
+
+def elf_machine(header: bytes) -> int | None:
+    """e_machine of a file starting with `header` (20 bytes or more); None if not ELF."""
+    if header[:4] != b"\x7fELF" or len(header) < 20:
+        return None
+    return int.from_bytes(header[18:20], "little")
 
 
 class NativeBuildError(Exception):

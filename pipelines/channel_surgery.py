@@ -105,7 +105,9 @@ def shrink(model: keras.Model, keep: Mapping[str, Sequence[int]]) -> keras.Model
     """A new, smaller model keeping only `keep[group]` channels of each named group.
 
     Layer names, the input shape and every remaining weight stay as they were;
-    groups not named keep all their channels. The new model is not compiled.
+    groups not named keep all their channels (an empty `keep` gives a copy, which the
+    prune loop trains so that the caller's model is left alone). The new model is
+    not compiled.
     """
     groups = {group.name: group for group in channel_groups(model)}
     outputs: dict[str, np.ndarray] = {}

@@ -29,14 +29,14 @@ from pathlib import Path
 import pytest
 
 from android_bench.arm64_bundle import checked_bundle
-from android_bench.native_build import CROSS_CXX, CXX_FLAGS, cross_include_flags
+from android_bench.native_build import (CROSS_CXX, CXX_FLAGS, EM_AARCH64, cross_include_flags,
+                                        elf_machine)
 from fixtures.fuzzing import REPO, SPARSE_GRU_SOURCES, SPARSE_SEPARABLE_SOURCES, require_tool
 
 QEMU = "qemu-aarch64-static"
 FLAGS = [*CXX_FLAGS, "-O2"]
 NATIVE_DIRS = ("tflite/runtime", "android_bench", "tflite/ops", "tflite/ops/fuzz")
 GOOGLETEST = Path("/usr/src/googletest/googletest")  # Debian's googletest sources
-EM_AARCH64 = 183  # e_machine in the ELF header
 KERNEL_TESTS = ("sparse_gru_kernel_test", "sparse_separable_kernel_test")
 
 
@@ -102,8 +102,7 @@ def _kernel_test_passes_on_arm64(tmp_path: Path, gtest_objects: list[Path], test
                   for source, target in zip((test_source, *sources), objects)])
     _compile(["-static", *map(str, objects), *map(str, gtest_objects), "-pthread", "-o",
               str(binary)])
-    header = binary.read_bytes()[:20]
-    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == EM_AARCH64
+    assert elf_machine(binary.read_bytes()[:20]) == EM_AARCH64
     result = subprocess.run([QEMU, str(binary)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     # Every TEST in the source ran and passed (a filter or a crash would not).

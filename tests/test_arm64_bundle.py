@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from android_bench.arm64_bundle import BUNDLE_DIR as BUNDLE
-from fixtures.arm64 import EM_AARCH64, elf_machine, under_qemu, write_cpuinfo
+from android_bench.native_build import EM_AARCH64, elf_machine
+from fixtures.arm64 import under_qemu, write_cpuinfo
 from fixtures.fuzzing import REPO
 from fixtures.small_models import mobilenets, sparse_gru, sparse_separable
 

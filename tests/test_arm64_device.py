@@ -25,10 +25,10 @@ import pytest
 
 from android_bench.adb_harness import DeviceSession, Timeouts, benchmark_on_devices
 from android_bench.arm64_bundle import BUNDLE_DIR, checked_bundle
+from android_bench.native_build import EM_AARCH64, EM_X86_64
 from android_bench.runner import NATIVE_DIR, RunSettings, litert_library
 from core.errors import UserError
 from fixtures.adb_device import DeviceProfile, adb_server, make_device  # noqa: F401
-from fixtures.arm64 import EM_AARCH64, EM_X86_64
 from fixtures.cli import assert_user_error, edgepipe
 from fixtures.small_models import mobilenets, sparse_gru, sparse_separable
 
