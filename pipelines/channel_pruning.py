@@ -54,6 +54,8 @@ from core.keras_env import keras, tf
 from models.summary import summarize
 from pipelines.channel_surgery import ChannelGroup, channel_groups, shrink
 from pipelines.data import Dataset
+from pipelines.distillation import (DistillationSettings, distillation_losses, fit_distilled,
+                                    resolve_layer)
 from pipelines.train import compile_model, fit, set_seed
 
 CRITERIA = ("taylor", "l1", "random")
@@ -160,6 +162,16 @@ def _matches(group: ChannelGroup, patterns: Sequence[str]) -> bool:
     return not patterns or any(re.fullmatch(p, name) for p in patterns for name in names)
 
 
+@dataclass(frozen=True)
+class Teacher:
+    """The model that teaches the pruned one while it is pruned and fine-tuned (the
+    float model, as for every phase), with pipelines.distillation's settings; its
+    attention pairs name layers of the pruned model, whose names surgery keeps."""
+
+    model: keras.Model
+    settings: DistillationSettings
+
+
 class PruningTrainer:
     """The pruning phase's optimizer updates on one model, with the Taylor terms of `groups`.
 
@@ -170,7 +182,7 @@ class PruningTrainer:
     """
 
     def __init__(self, model: keras.Model, groups: Sequence[ChannelGroup],
-                 learning_rate: float) -> None:
+                 learning_rate: float, teacher: Teacher | None = None) -> None:
         compile_model(model, learning_rate)
         maps = {group.name: _read_maps(model, group) for group in groups}
         tapped = list(dict.fromkeys(name for names in maps.values() for name in names))
@@ -178,8 +190,14 @@ class PruningTrainer:
                       for group, names in maps.items()}
         self._sums = {group.name: np.zeros(group.size) for group in groups}
         self.updates = 0
-        outputs = [model.output, *(model.get_layer(name).output for name in tapped)]
-        self._step = _compiled_step(keras.Model(model.inputs, outputs), model)
+        pairs = _attention_pairs(model, teacher)
+        outputs = [model.output, *(model.get_layer(name).output for name in tapped),
+                   *(student for student, _ in pairs)]
+        teaching = None if teacher is None else _Teaching(
+            keras.Model(teacher.model.inputs,
+                        [teacher.model.output, *(taught for _, taught in pairs)]),
+            teacher.settings, len(pairs))
+        self._step = _compiled_step(keras.Model(model.inputs, outputs), model, teaching)
 
     def step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         """One update on a batch; returns its loss and accuracy."""
@@ -203,19 +221,57 @@ def _read_maps(model: keras.Model, group: ChannelGroup) -> list[str]:
     return list(dict.fromkeys(layer.name for layer in readers))
 
 
-def _compiled_step(tapped: keras.Model, model: keras.Model) -> Callable:
-    """A tf.function: the update of `model` by its compiled loss and optimizer, returning
-    loss, accuracy and |mean(a * dL/da)| per channel of each extra output of `tapped`."""
+@dataclass(frozen=True)
+class _Teaching:
+    """The teacher as the step runs it: its probabilities and its attention layers'
+    maps in one call, the settings, and how many attention pairs end `tapped`."""
+
+    features: keras.Model
+    settings: DistillationSettings
+    pairs: int
+
+
+def _attention_pairs(model: keras.Model, teacher: Teacher | None) -> list[tuple]:
+    """(student output, teacher output) of each attention pair, spatial sizes checked."""
+    if teacher is None:
+        return []
+    pairs = []
+    for student_name, teacher_name in teacher.settings.attention_layers.items():
+        student = resolve_layer(model, student_name, "student").output
+        taught = resolve_layer(teacher.model, teacher_name, "teacher").output
+        if student.shape.rank != 4 or tuple(student.shape[1:3]) != tuple(taught.shape[1:3]):
+            raise UserError(f"channel pruning: attention pair '{student_name}' -> "
+                            f"'{teacher_name}' has maps {tuple(student.shape)} and "
+                            f"{tuple(taught.shape)}; pair layers with the same height and width.")
+        pairs.append((student, taught))
+    return pairs
+
+
+def _compiled_step(tapped: keras.Model, model: keras.Model,
+                   teaching: _Teaching | None = None) -> Callable:
+    """A tf.function: the update of `model` by its compiled loss and optimizer (or by
+    the distillation loss, with a teacher), returning loss, accuracy and
+    |mean(a * dL/da)| per channel of each map `tapped` adds (before the attention maps)."""
     signature = (tf.TensorSpec((None, *model.input_shape[1:]), model.inputs[0].dtype),
                  tf.TensorSpec((None,), tf.int32))
     loss_function, optimizer = model.loss, model.optimizer
     optimizer.build(model.trainable_variables)  # slots made in the first call trace it twice
+    attention = teaching.pairs if teaching else 0
 
     @tf.function(input_signature=signature)
     def step(x, y):
+        if teaching:
+            taught, *taught_maps = (tf.stop_gradient(t) for t in
+                                    tf.nest.flatten(teaching.features(x, training=False)))
         with tf.GradientTape() as tape:
-            probabilities, *maps = tf.nest.flatten(tapped(x, training=True))
-            loss = loss_function(y, probabilities) + sum(tapped.losses)
+            probabilities, *rest = tf.nest.flatten(tapped(x, training=True))
+            maps, attended = rest[:len(rest) - attention], rest[len(rest) - attention:]
+            if teaching:
+                loss = tf.reduce_mean(distillation_losses(
+                    y, probabilities, taught, teaching.settings, attended, taught_maps)["loss"])
+            else:
+                loss = loss_function(y, probabilities)
+            loss += sum(tapped.losses)
         weight_gradients, map_gradients = tape.gradient(loss, (tapped.trainable_variables, maps))
         optimizer.apply_gradients(zip(weight_gradients, tapped.trainable_variables))
         terms = [tf.abs(tf.reduce_mean(a * g, axis=list(range(a.shape.rank - 1))))
@@ -344,9 +400,11 @@ class _Pruning:
 
 
 def prune_channels(model: keras.Model, data: Dataset, settings: ChannelPruningSettings, *,
-                   batch_size: int, learning_rate: float, log_dir: Path, seed: int
-                   ) -> tuple[keras.Model, dict]:
+                   batch_size: int, learning_rate: float, log_dir: Path, seed: int,
+                   teacher: Teacher | None = None) -> tuple[keras.Model, dict]:
     """Prune a copy of `model` to the settings' target, fine-tune it, and say what happened.
+    With a `teacher`, both phases train on its distillation loss (and Taylor scores
+    are taken on that loss).
 
     Returns the pruned, compiled model and a JSON-serialisable record: targets and
     what was achieved (`reached` false, with a note, when every selected group is
@@ -367,9 +425,10 @@ def prune_channels(model: keras.Model, data: Dataset, settings: ChannelPruningSe
     state = _Pruning(shrink(model, {}), groups, before.total_mult_adds)
     writer = tf.summary.create_file_writer(str(Path(log_dir) / "channel_pruning"))
     _prune(state, settings, _batches(data, batch_size, seed), np.random.default_rng([seed, 1]),
-           learning_rate, writer)
+           learning_rate, writer, teacher)
     writer.close()
-    finetune = _finetune(state.model, data, settings, batch_size, learning_rate, Path(log_dir))
+    finetune = _finetune(state.model, data, settings, batch_size, learning_rate, Path(log_dir),
+                         teacher)
     after = summarize(state.model)
     kind, fraction = settings.target
     achieved = state.achieved()
@@ -398,12 +457,14 @@ def prune_channels(model: keras.Model, data: Dataset, settings: ChannelPruningSe
 
 def _prune(state: _Pruning, settings: ChannelPruningSettings,
            batches: Iterator[tuple[int, np.ndarray, np.ndarray]], rng: np.random.Generator,
-           learning_rate: float, writer: tf.summary.SummaryWriter) -> None:
+           learning_rate: float, writer: tf.summary.SummaryWriter,
+           teacher: Teacher | None) -> None:
     """Train, score, remove, until the target is met or no group can lose a channel."""
     kind, fraction = settings.target
     taylor = settings.criterion == "taylor"
     while state.achieved()[kind] > fraction and state.removable():
-        trainer = PruningTrainer(state.model, state.groups if taylor else (), learning_rate)
+        trainer = PruningTrainer(state.model, state.groups if taylor else (), learning_rate,
+                                 teacher)
         for _ in range(settings.prune_every):
             epoch, x, y = next(batches)
             state.record(epoch, *trainer.step(x, y), len(y))
@@ -440,13 +501,20 @@ def _log_step(writer: tf.summary.SummaryWriter, state: _Pruning) -> None:
 
 
 def _finetune(model: keras.Model, data: Dataset, settings: ChannelPruningSettings,
-              batch_size: int, learning_rate: float, log_dir: Path) -> dict[str, list[float]]:
-    """The final fine-tuning with `train.fit`; with no epochs the model is only compiled."""
-    if not settings.finetune_epochs:
-        compile_model(model, learning_rate)
-        return {}
-    return fit(model, data, epochs=settings.finetune_epochs, batch_size=batch_size,
-               learning_rate=learning_rate, log_dir=log_dir)
+              batch_size: int, learning_rate: float, log_dir: Path,
+              teacher: Teacher | None) -> dict[str, list[float]]:
+    """The final fine-tuning with `train.fit` (or `fit_distilled`, with a teacher); the
+    model comes back compiled for its own loss, and with no epochs is only compiled."""
+    history = {}
+    if settings.finetune_epochs and teacher is None:
+        return fit(model, data, epochs=settings.finetune_epochs, batch_size=batch_size,
+                   learning_rate=learning_rate, log_dir=log_dir)
+    if settings.finetune_epochs:
+        history = fit_distilled(model, teacher.model, data, teacher.settings,
+                                epochs=settings.finetune_epochs, batch_size=batch_size,
+                                learning_rate=learning_rate, log_dir=log_dir)
+    compile_model(model, learning_rate)
+    return history
 
 
 def _group_records(groups: Sequence[ChannelGroup], state: _Pruning) -> dict[str, dict]:

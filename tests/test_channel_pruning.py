@@ -1,5 +1,6 @@
 """Iterative channel pruning (Molchanov et al.): the criteria against direct computations,
-the loop on a MobileNet and a residual model, and the settings' and targets' edge cases."""
+the loop on a MobileNet and a residual model, with the float model teaching, and the
+settings' and targets' edge cases."""
 import json
 
 import numpy as np
@@ -9,11 +10,12 @@ from core.errors import UserError
 from core.keras_env import keras, tf
 from models.mobilenet import mobilenet_v1
 from models.summary import summarize
-from pipelines.channel_pruning import (ChannelPruningSettings, PruningTrainer, channel_scores,
-                                       choose_removals, mult_adds_per_channel, prune_channels,
-                                       select_groups)
+from pipelines.channel_pruning import (ChannelPruningSettings, PruningTrainer, Teacher,
+                                       channel_scores, choose_removals, mult_adds_per_channel,
+                                       prune_channels, select_groups)
 from pipelines.channel_surgery import shrink
 from pipelines.data import Dataset
+from pipelines.distillation import DistillationSettings, distillation_losses
 from fixtures.channel_models import residual_net
 
 L = keras.layers
@@ -258,3 +260,55 @@ def test_bad_settings_are_one_clear_error(settings, message):
     with pytest.raises(UserError) as error:
         ChannelPruningSettings(**settings)
     assert message in str(error.value)
+
+
+# --- with a teacher ---------------------------------------------------------------
+
+
+def test_with_a_teacher_each_update_trains_on_the_distillation_loss():
+    keras.utils.set_random_seed(1)
+    student, teacher = residual_net(), residual_net()
+    settings = DistillationSettings(temperature=2.0, alpha=0.7, beta=10.0,
+                                    attention_layers={"add1_relu": "add1_relu"})
+    groups, _ = select_groups(student, ())
+    data = _data(student)
+    x, y = data.x_train[:8], data.y_train[:8]
+    features = keras.Model(student.inputs, [student.output, student.get_layer("add1_relu").output])
+    taught = keras.Model(teacher.inputs, [teacher.output, teacher.get_layer("add1_relu").output])
+    probabilities, attended = features(x, training=True)
+    teacher_probabilities, teacher_map = taught(x, training=False)
+    expected = np.mean(distillation_losses(y, probabilities, teacher_probabilities, settings,
+                                           [attended], [teacher_map])["loss"].numpy())
+    teacher_weights = [w.copy() for w in teacher.get_weights()]
+    trainer = PruningTrainer(student, groups, learning_rate=1e-3,
+                             teacher=Teacher(teacher, settings))
+    loss, _ = trainer.step(x, y)
+    assert loss == pytest.approx(float(expected), rel=1e-5)
+    assert all(np.array_equal(a, b) for a, b in zip(teacher.get_weights(), teacher_weights))
+    assert all(np.all(np.isfinite(terms)) for terms in trainer.taylor().values())
+
+
+def test_pruning_taught_by_the_float_model_reaches_the_target(tmp_path):
+    model = residual_net()
+    weights = [w.copy() for w in model.get_weights()]
+    pruned, record = prune_channels(
+        model, _data(model), ChannelPruningSettings(criterion="taylor", target_mult_adds=0.6,
+                                                    prune_every=2, channels_per_step=4),
+        batch_size=16, learning_rate=1e-3, log_dir=tmp_path, seed=0,
+        teacher=Teacher(model, DistillationSettings(attention_layers={"add2": "add2"})))
+    assert record["reached"]
+    assert summarize(pruned).total_mult_adds <= 0.6 * summarize(model).total_mult_adds
+    finetune = record["history"]["finetune"]
+    assert np.all(np.isfinite(finetune["kd_loss"])) and np.all(np.isfinite(finetune["at_loss"]))
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), weights))
+    assert pruned.loss is not None  # compiled for its own loss again
+    assert pruned.predict(np.zeros((2, 8, 8, 3), np.float32), verbose=0).shape == (2, 4)
+
+
+def test_an_attention_pair_of_other_spatial_sizes_is_one_error():
+    model = residual_net()
+    groups, _ = select_groups(model, ())
+    settings = DistillationSettings(attention_layers={"stem_relu": "gap"})
+    with pytest.raises(UserError, match=r"attention pair 'stem_relu' -> 'gap' has maps "
+                                        r"\(None, 8, 8, 8\) and \(None, 10\); pair layers"):
+        PruningTrainer(model, groups, 1e-3, Teacher(residual_net(), settings))
