@@ -20,10 +20,8 @@ it does not skip).
 """
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -31,7 +29,8 @@ import pytest
 from android_bench.arm64_bundle import checked_bundle
 from android_bench.native_build import (CROSS_CXX, CXX_FLAGS, EM_AARCH64, cross_include_flags,
                                         elf_machine)
-from fixtures.fuzzing import REPO, SPARSE_GRU_SOURCES, SPARSE_SEPARABLE_SOURCES, require_tool
+from fixtures.fuzzing import (REPO, SPARSE_GRU_SOURCES, SPARSE_SEPARABLE_SOURCES, compile_all,
+                              require_tool)
 
 QEMU = "qemu-aarch64-static"
 FLAGS = [*CXX_FLAGS, "-O2"]
@@ -48,16 +47,9 @@ def _host_headers(tmp_path: Path) -> list[str]:
     return [f"-I{GOOGLETEST / 'include'}", *cross_include_flags(tmp_path)]
 
 
-def _compile(args: list[str], flags: list[str] = FLAGS) -> None:
-    result = subprocess.run([require_tool(CROSS_CXX), *flags, *args], capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-
-
-def _compile_all(commands: list[tuple[list[str], list[str]]]) -> None:
-    """(args, flags) compiles, one per core at a time (each is one compiler process)."""
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        list(pool.map(lambda command: _compile(*command), commands))
+def _cross(args: list[str], flags: list[str] = FLAGS) -> list[str]:
+    """The cross compiler's command line for `args`."""
+    return [require_tool(CROSS_CXX), *flags, *args]
 
 
 def test_every_native_source_compiles_for_arm64(tmp_path):
@@ -72,8 +64,8 @@ def test_every_native_source_compiles_for_arm64(tmp_path):
                        *(REPO / "tflite" / "ops" / f"{name}.cc" for name in KERNEL_TESTS)}
     sources = [path for path in every if path not in in_bundle | in_kernel_tests]
     assert len(every) >= 20 and len(sources) >= 5, sources
-    _compile_all([([*headers, "-c", str(source), "-o", str(objects / f"{source.stem}.o")], FLAGS)
-                  for source in sources])
+    compile_all([_cross([*headers, "-c", str(source), "-o", str(objects / f"{source.stem}.o")])
+                 for source in sources])
     assert sorted(path.stem for path in objects.glob("*.o")) == sorted(s.stem for s in sources)
 
 
@@ -84,9 +76,9 @@ def gtest_objects(tmp_path_factory) -> list[Path]:
     folder = tmp_path_factory.mktemp("gtest_arm64")
     sources = (GOOGLETEST / "src" / "gtest-all.cc", GOOGLETEST / "src" / "gtest_main.cc")
     objects = [folder / f"{source.stem}.o" for source in sources]
-    _compile_all([([f"-I{GOOGLETEST / 'include'}", f"-I{GOOGLETEST}", "-c", str(source), "-o",
-                    str(target)], ["-std=c++17", "-O1"])
-                  for source, target in zip(sources, objects)])
+    compile_all([_cross([f"-I{GOOGLETEST / 'include'}", f"-I{GOOGLETEST}", "-c", str(source),
+                         "-o", str(target)], ["-std=c++17", "-O1"])
+                 for source, target in zip(sources, objects)])
     return objects
 
 
@@ -98,10 +90,10 @@ def _kernel_test_passes_on_arm64(tmp_path: Path, gtest_objects: list[Path], test
     test_source = REPO / "tflite" / "ops" / f"{test_name}.cc"
     binary = tmp_path / test_name
     objects = [tmp_path / f"{source.stem}.o" for source in (test_source, *sources)]
-    _compile_all([([*headers, "-c", str(source), "-o", str(target)], FLAGS)
-                  for source, target in zip((test_source, *sources), objects)])
-    _compile(["-static", *map(str, objects), *map(str, gtest_objects), "-pthread", "-o",
-              str(binary)])
+    compile_all([_cross([*headers, "-c", str(source), "-o", str(target)])
+                 for source, target in zip((test_source, *sources), objects)])
+    compile_all([_cross(["-static", *map(str, objects), *map(str, gtest_objects), "-pthread",
+                         "-o", str(binary)])])
     assert elf_machine(binary.read_bytes()[:20]) == EM_AARCH64
     result = subprocess.run([QEMU, str(binary)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]

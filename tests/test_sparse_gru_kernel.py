@@ -11,7 +11,6 @@ import os
 import re
 import struct
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,8 @@ from flatbuffers import flexbuffers
 
 from core.errors import UserError
 from core.keras_env import keras
-from fixtures.fuzzing import REPO, SPARSE_GRU_SOURCES, fuzz_arrays, require_tool, run_libfuzzer
+from fixtures.fuzzing import (REPO, SPARSE_GRU_SOURCES, compile_all, fuzz_arrays, require_tool,
+                              run_libfuzzer)
 from tflite.flatbuffer_rewrite import align_constant_buffers, pack_model
 from tflite.ops.sparse_gru_reference import StoredMatrix, dequantize, sparse_gru
 from tflite.runtime.binding import LiteRtRunner
@@ -362,20 +362,12 @@ def test_kernel_test_is_race_free_under_tsan(tmp_path):
     ours = [test_source, *SPARSE_GRU_SOURCES]
     gtest = [GOOGLETEST / "src" / "gtest-all.cc", GOOGLETEST / "src" / "gtest_main.cc"]
     objects = [tmp_path / f"{source.stem}.o" for source in (*ours, *gtest)]
-
-    def compile_one(source: Path, target: Path) -> None:
-        flags = ([f"-I{GOOGLETEST}"] if source in gtest
-                 else ["-Wall", "-Wextra", "-Werror", f"-I{REPO}"])
-        built = subprocess.run([clang, *tsan, *flags, "-c", str(source), "-o", str(target)],
-                               capture_output=True, text=True, timeout=300)
-        assert built.returncode == 0, built.stderr[-4000:]
-
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        list(pool.map(compile_one, (*ours, *gtest), objects))
+    own_flags = ["-Wall", "-Wextra", "-Werror", f"-I{REPO}"]
+    compile_all([[clang, *tsan, *([f"-I{GOOGLETEST}"] if source in gtest else own_flags), "-c",
+                  str(source), "-o", str(target)]
+                 for source, target in zip((*ours, *gtest), objects)], timeout=300)
     binary = tmp_path / "sparse_gru_kernel_test_tsan"
-    built = subprocess.run([clang, *tsan, *map(str, objects), "-o", str(binary)],
-                           capture_output=True, text=True, timeout=300)
-    assert built.returncode == 0, built.stderr[-4000:]
+    compile_all([[clang, *tsan, *map(str, objects), "-o", str(binary)]], timeout=300)
     # A report fails the run even where TSan would only print it.
     result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=600,
                             env={**os.environ, "TSAN_OPTIONS": "halt_on_error=1 exitcode=66"})
