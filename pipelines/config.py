@@ -269,6 +269,9 @@ class BenchmarkConfig(Section):
         if "all" in self.targets and set(self.targets) - {"all", "host"}:
             raise ValueError(f"targets {self.targets}: 'all' already means every device; list "
                              "serials or all, not both.")
+        if self.benchmark_model and self.targets == ["host"]:
+            raise ValueError("benchmark_model runs on Android devices only and the targets are "
+                             "[host]; add device targets (e.g. all) or leave benchmark_model unset.")
         try:
             parse_input_layers(self.input_layer, self.input_layer_shape)
         except UserError as e:

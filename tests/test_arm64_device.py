@@ -236,3 +236,6 @@ def test_benchmark_model_for_another_abi_is_refused_before_any_push(adb_server, 
     missing = edgepipe("bench", "--model", str(tiny_model), "--benchmark_model", "/no/such")
     assert_user_error(missing, "--benchmark_model: '/no/such' is not a file: give the path of "
                                "LiteRT's Android benchmark_model binary")
+    unused = edgepipe("bench", "--model", str(tiny_model), "--benchmark_model", str(host_build))
+    assert_user_error(unused, "benchmark_model runs on Android devices only and the targets are "
+                              "[host]; add device targets")
