@@ -311,6 +311,11 @@ int Fail(int code, const std::string& message) {
   return code;
 }
 
+int Failed(int code, const std::string& text, std::string* message) {
+  *message = text;
+  return code;
+}
+
 bool WriteAtomically(const std::string& path, const std::string& text, std::string* error) {
   const std::string temp = path + ".tmp." + std::to_string(getpid());
   std::FILE* file = std::fopen(temp.c_str(), "wb");
@@ -354,13 +359,10 @@ void PrintPhase(int runs, double min_secs, double max_secs, const std::vector<do
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  Flags flags;
-  const std::string flag_error = ParseFlags(argc, argv, &flags);
-  if (!flag_error.empty()) {
-    std::fprintf(stderr, "%s", kUsage);
-    return Fail(2, flag_error);
-  }
+// Runs the benchmark and returns the exit code, with the error in *message.
+// LiteRT logs while the runtime is destroyed, so main prints the error only
+// after this returns: the error stays the last line on stderr (RUNNER.md).
+int Benchmark(const Flags& flags, std::string* message) {
   const long rss_before_kib = StatusKib("VmRSS");
   RuntimeOptions options;
   options.num_threads = flags.num_threads;
@@ -369,10 +371,10 @@ int main(int argc, char** argv) {
   options.max_tensor_bytes = static_cast<std::size_t>(flags.max_tensor_bytes);
   std::string error = edgepipe::runtime::ParseInputShapes(flags.input_layer, flags.input_layer_shape,
                                                           &options.input_shapes);
-  if (!error.empty()) return Fail(2, error);
+  if (!error.empty()) return Failed(2, error, message);
   const Clock::time_point init_start = Clock::now();
   std::unique_ptr<Runtime> runtime = Runtime::Open(flags.graph, nullptr, 0, options, &error);
-  if (!runtime) return Fail(1, flags.graph + ": " + error);
+  if (!runtime) return Failed(1, flags.graph + ": " + error, message);
   // Progress for whoever watches stderr: a crash after this line happened
   // while running, not while compiling.
   std::fprintf(stderr, "litert_bench: compiled\n");
@@ -382,7 +384,7 @@ int main(int argc, char** argv) {
   FillExampleInputs(runtime.get());
   if (!flags.input_layer_value_files.empty()) {
     error = LoadInputFile(flags.input_layer_value_files, runtime.get());
-    if (!error.empty()) return Fail(2, error);
+    if (!error.empty()) return Failed(2, error, message);
   }
   auto timed_run = [&](double* micros) {
     const Clock::time_point start = Clock::now();
@@ -394,7 +396,7 @@ int main(int argc, char** argv) {
     return ok;
   };
   double first_us = 0;
-  if (!timed_run(&first_us)) return Fail(1, flags.graph + ": " + error);
+  if (!timed_run(&first_us)) return Failed(1, flags.graph + ": " + error, message);
 
   // Warm-up and steady state as benchmark_model: at least N runs and at least
   // min seconds, stopping at max seconds (after at least one run).
@@ -404,7 +406,7 @@ int main(int argc, char** argv) {
          SecondsSince(phase_start) < flags.warmup_min_secs) {
     if (flags.max_secs > 0 && SecondsSince(phase_start) >= flags.max_secs) break;
     double micros = 0;
-    if (!timed_run(&micros)) return Fail(1, flags.graph + ": " + error);
+    if (!timed_run(&micros)) return Failed(1, flags.graph + ": " + error, message);
     warmup_us.push_back(micros);
   }
   phase_start = Clock::now();
@@ -412,14 +414,14 @@ int main(int argc, char** argv) {
          SecondsSince(phase_start) < flags.min_secs) {
     if (!runs_us.empty() && flags.max_secs > 0 && SecondsSince(phase_start) >= flags.max_secs) break;
     double micros = 0;
-    if (!timed_run(&micros)) return Fail(1, flags.graph + ": " + error);
+    if (!timed_run(&micros)) return Failed(1, flags.graph + ": " + error, message);
     runs_us.push_back(micros);
   }
   LatencyStats steady;
   try {
     steady = edgepipe::bench::SummarizeLatencies(runs_us);
   } catch (const std::invalid_argument& exc) {
-    return Fail(1, std::string("bad timings: ") + exc.what());
+    return Failed(1, std::string("bad timings: ") + exc.what(), message);
   }
   double warmup_mean_us = 0;
   for (double micros : warmup_us) warmup_mean_us += micros;
@@ -432,7 +434,7 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < runtime->outputs().size(); ++i) {
       raw.append(static_cast<const char*>(runtime->output_data(i)), runtime->outputs()[i].bytes);
     }
-    if (!WriteAtomically(flags.output_filepath, raw, &error)) return Fail(1, error);
+    if (!WriteAtomically(flags.output_filepath, raw, &error)) return Failed(1, error, message);
   }
 
   std::string tensors;
@@ -501,6 +503,18 @@ int main(int argc, char** argv) {
     std::fputs(json.str().c_str(), stdout);
     return std::fflush(stdout) == 0 ? 0 : 1;
   }
-  if (!WriteAtomically(flags.json_output, json.str(), &error)) return Fail(1, error);
+  if (!WriteAtomically(flags.json_output, json.str(), &error)) return Failed(1, error, message);
   return 0;
+}
+
+int main(int argc, char** argv) {
+  Flags flags;
+  const std::string flag_error = ParseFlags(argc, argv, &flags);
+  if (!flag_error.empty()) {
+    std::fprintf(stderr, "%s", kUsage);
+    return Fail(2, flag_error);
+  }
+  std::string error;
+  const int code = Benchmark(flags, &error);
+  return error.empty() ? code : Fail(code, error);
 }

@@ -183,9 +183,27 @@ def test_op_writing_another_ops_output_is_refused(int8_model):
     # LiteRT 2.3.0 crashes at run when two ops write one tensor.
     model = schema.ModelT.InitFromPackedBuf(bytearray(int8_model), 0)
     graph = model.subgraphs[0]
-    graph.operators[0].outputs = [graph.outputs[0]]
+    graph.operators[-1].outputs = [graph.operators[0].outputs[0]]
     with pytest.raises(UserError, match=r"op \d+ \(\w+\): output 0 is tensor \d+ .* which op 0 "
                                         r"writes too; a tensor has one producer"):
+        LiteRtRunner(repack(model))
+
+
+def test_op_reading_a_tensor_nothing_writes_is_refused(int8_model):
+    # LiteRT compiles such a model and fails only at the first run ("lacks data").
+    model = schema.ModelT.InitFromPackedBuf(bytearray(int8_model), 0)
+    graph = model.subgraphs[0]
+    weights = graph.operators[0].inputs[1]  # CONV_2D's filter
+    graph.tensors[weights].buffer = 0
+    with pytest.raises(UserError, match=rf"op 0 \(CONV_2D\): input 1 is tensor {weights} .* neither an "
+                                        r"input of the subgraph, a constant, a variable nor "
+                                        r"written by an earlier op"):
+        LiteRtRunner(repack(model))
+    model = schema.ModelT.InitFromPackedBuf(bytearray(int8_model), 0)
+    graph = model.subgraphs[0]
+    graph.operators[0].inputs[0] = graph.outputs[0]  # the last op's output, read first
+    with pytest.raises(UserError, match=r"op 0 \(\w+\): input 0 is tensor .* nor written by an "
+                                        r"earlier op"):
         LiteRtRunner(repack(model))
 
 

@@ -188,6 +188,16 @@ bool HasConstantData(const schema::Model& model, const schema::Tensor& tensor) {
   return tensor.buffer() != 0 && (Count(buffer->data()) > 0 || buffer->offset() > 1);
 }
 
+// A shape with a 0 dimension: zero bytes, which LiteRT reads without data
+// (RESHAPE's shape input for a scalar is such a constant).
+bool HasNoElements(const schema::Tensor& tensor) {
+  if (!tensor.shape()) return false;
+  for (const int32_t dim : *tensor.shape()) {
+    if (dim == 0) return true;
+  }
+  return false;
+}
+
 // Its buffer's index in range, a known type and, without constant data, its
 // bytes added to `*activation_bytes`.
 std::string CheckTensor(const schema::Model& model, uint32_t s, uint32_t t,
@@ -300,7 +310,9 @@ std::string CheckBuffers(const schema::Model& model, std::size_t size) {
 
 // Every tensor has at most one writer, and it is neither a subgraph input nor a
 // constant: LiteRT 2.3.0 plans memory per producer and crashes at run on an op
-// writing into another op's output.
+// writing into another op's output. Every tensor an op reads is a subgraph
+// input, a constant, a variable or an earlier op's output: LiteRT finds the
+// others only at the first run ("lacks data"), after compiling.
 std::string CheckProducers(const schema::Model& model, uint32_t s,
                            const schema::SubGraph& subgraph) {
   constexpr int64_t kNone = -1, kSubgraphInput = -2;
@@ -309,17 +321,28 @@ std::string CheckProducers(const schema::Model& model, uint32_t s,
     const int32_t tensor = subgraph.inputs()->Get(i);
     if (tensor >= 0) producer[tensor] = kSubgraphInput;
   }
+  const std::string damaged = "; the model is damaged or was edited by hand";
   for (uint32_t o = 0; o < Count(subgraph.operators()); ++o) {
     const schema::Operator& op = *subgraph.operators()->Get(o);
+    const auto at = [&](const char* side, uint32_t i, int32_t tensor) {
+      return "subgraph " + std::to_string(s) + ", op " + std::to_string(o) + " (" +
+             OpName(model, op) + "): " + side + " " + std::to_string(i) + " is tensor " +
+             std::to_string(tensor) + " ('" + Text(subgraph.tensors()->Get(tensor)->name()) + "')";
+    };
+    for (uint32_t i = 0; i < Count(op.inputs()); ++i) {
+      const int32_t tensor = op.inputs()->Get(i);
+      if (tensor < 0 || producer[tensor] != kNone) continue;  // -1: absent, checked above
+      const schema::Tensor& read = *subgraph.tensors()->Get(tensor);
+      if (HasConstantData(model, read) || read.is_variable() || HasNoElements(read)) continue;
+      return at("input", i, tensor) +
+             ", which is neither an input of the subgraph, a constant, a variable nor written "
+             "by an earlier op" + damaged;
+    }
     for (uint32_t i = 0; i < Count(op.outputs()); ++i) {
       const int32_t tensor = op.outputs()->Get(i);
       if (tensor < 0) continue;
       const schema::Tensor& written = *subgraph.tensors()->Get(tensor);
-      const std::string where = "subgraph " + std::to_string(s) + ", op " + std::to_string(o) +
-                                " (" + OpName(model, op) + "): output " + std::to_string(i) +
-                                " is tensor " +
-                                std::to_string(tensor) + " ('" + Text(written.name()) + "')";
-      const std::string damaged = "; the model is damaged or was edited by hand";
+      const std::string where = at("output", i, tensor);
       if (producer[tensor] == kSubgraphInput) {
         return where + ", an input of the subgraph" + damaged;
       }
