@@ -49,6 +49,20 @@ LearningRate = Annotated[float, AfterValidator(_usable_learning_rate)]
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
 
+def _regular_expressions(layers: list[str]) -> list[str]:
+    for i, pattern in enumerate(layers):
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"{pattern!r} (item {i}) is not a valid regular expression "
+                             f"({e}); e.g. 'conv_pw_.*' selects conv_pw_1, conv_pw_2, ...")
+    return layers
+
+
+LayerPatterns = Annotated[list[str], AfterValidator(_regular_expressions)]
+OpenFraction = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
+
+
 class Section(BaseModel):
     """Strict (no "3" for 3, no true for 1), closed to unknown keys, and checked again
     when a field is assigned (e.g. by the CLI's --threads)."""
@@ -112,20 +126,9 @@ class PruningConfig(Section):
     frequency: Positive = 20
     block_size: Annotated[list[Positive], Field(min_length=2, max_length=2)] = [1, 1]
     m_by_n: Annotated[list[Positive], Field(min_length=2, max_length=2)] = [2, 4]  # m_by_n only
-    layers: Annotated[list[str], Field(min_length=1)] = [".*"]
+    layers: Annotated[LayerPatterns, Field(min_length=1)] = [".*"]
     epochs: Positive = 8
     learning_rate: LearningRate = 5e-4
-
-    @field_validator("layers")
-    @classmethod
-    def _layers_are_regular_expressions(cls, layers: list[str]) -> list[str]:
-        for i, pattern in enumerate(layers):
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                raise ValueError(f"{pattern!r} (item {i}) is not a valid regular expression "
-                                 f"({e}); e.g. 'conv_pw_.*' selects conv_pw_1, conv_pw_2, ...")
-        return layers
 
     @model_validator(mode="after")
     def _steps_and_shapes_agree(self) -> PruningConfig:
@@ -153,10 +156,71 @@ class QatConfig(Section):
     learning_rate: LearningRate = 1e-4
 
 
+class ChannelPruningConfig(Section):
+    """Molchanov et al.'s iterative channel pruning of the trained float model
+    (pipelines/channel_pruning.py): every `prune_every` updates the
+    `channels_per_step` lowest-ranked feature maps go, until the model is down to
+    `target_mult_adds` of its mult-adds (or `target_channels` of the selected
+    channels); then `finetune_epochs` of fine-tuning. `layers` are regular
+    expressions over channel groups' and their producers' names (empty: all)."""
+
+    enabled: bool = False
+    criterion: Literal["taylor", "l1", "random"] = "taylor"
+    flops_regularization: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1e-3
+    target_mult_adds: OpenFraction | None = 0.5
+    target_channels: OpenFraction | None = None
+    prune_every: Positive = 10
+    channels_per_step: Positive = 1
+    finetune_epochs: Count = 2
+    layers: LayerPatterns = []
+    learning_rate: LearningRate = 1e-3
+
+    @model_validator(mode="before")
+    @classmethod
+    def _channels_replace_the_default_target(cls, data: Any) -> Any:
+        """Giving target_channels alone means that target, not both."""
+        if isinstance(data, dict) and data.get("target_channels") is not None \
+                and "target_mult_adds" not in data:
+            return {**data, "target_mult_adds": None}
+        return data
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ChannelPruningConfig:
+        if (self.target_mult_adds is None) == (self.target_channels is None):
+            raise ValueError("set exactly one of target_mult_adds and target_channels (the other "
+                             f"null); got {self.target_mult_adds} and {self.target_channels}.")
+        return self
+
+
+class AttentionTransferConfig(Section):
+    """Zagoruyko & Komodakis' attention transfer: `layers` are regular expressions over
+    the float model's layer names, each matched layer paired with the student's layer
+    of that name (empty: the last layer at each spatial size of the float model)."""
+
+    enabled: bool = False
+    beta: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1e3
+    layers: LayerPatterns = []
+
+
+class DistillationConfig(Section):
+    """The float model teaches every fine-tuning phase (channel pruning, pruning, QAT,
+    prune-preserving QAT) with Hinton's soft targets at `temperature`, weighted
+    `alpha` against the labels' 1 - alpha (pipelines/distillation.py)."""
+
+    enabled: bool = False
+    temperature: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 4.0
+    alpha: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.9
+    attention_transfer: AttentionTransferConfig = AttentionTransferConfig()
+
+
+# Training stages a variant's name starts with, longest first.
+STAGE_PREFIXES = ("channel_pruned_sparse", "channel_pruned", "pruned", "pqat", "qat")
+
+
 def variant_stage(variant: str) -> tuple[str, str]:
     """Split a variant name into (training stage, quantization): "pruned_int8" ->
     ("pruned", "int8"), "float32" -> ("float", "float32")."""
-    for stage in ("pruned", "pqat", "qat"):
+    for stage in STAGE_PREFIXES:
         if variant.startswith(stage + "_"):
             return stage, variant[len(stage) + 1:]
     return "float", variant
@@ -170,6 +234,8 @@ class ModelConfig(Section):
     train: TrainConfig = TrainConfig()
     pruning: PruningConfig = PruningConfig()
     qat: QatConfig = QatConfig()
+    channel_pruning: ChannelPruningConfig = ChannelPruningConfig()
+    distillation: DistillationConfig = DistillationConfig()
     variants: Annotated[list[str], Field(min_length=1)] = ["float32", "int8"]
     representative_samples: Positive = 200
     # "sparse_gru": every GRU layer converts to one SparseGRU custom op (tflite/ops/SPARSE_GRU.md)
@@ -205,8 +271,8 @@ class ModelConfig(Section):
         if quantization not in QUANTIZATIONS:
             raise ValueError(
                 f"unknown variant {variant!r}. A variant is a quantization "
-                f"({', '.join(QUANTIZATIONS)}), optionally prefixed with pruned_, qat_ or pqat_ "
-                "(e.g. pruned_int8).")
+                f"({', '.join(QUANTIZATIONS)}), optionally prefixed with "
+                f"{', '.join(prefix + '_' for prefix in STAGE_PREFIXES)} (e.g. pruned_int8).")
         for key, op in (("gru_lowering", "sparse_gru"), ("separable_lowering", "sparse_separable")):
             if getattr(self, key) == op and quantization not in CUSTOM_OP_QUANTIZATIONS:
                 raise ValueError(
@@ -224,6 +290,11 @@ class ModelConfig(Section):
         if stage == "pqat" and not (self.qat.prune_preserving and self.pruning.enabled):
             raise ValueError(f"variant {variant!r} needs pruning.enabled: true and "
                              "qat.prune_preserving: true.")
+        if stage.startswith("channel_pruned") and not self.channel_pruning.enabled:
+            raise ValueError(f"variant {variant!r} needs channel_pruning.enabled: true.")
+        if stage == "channel_pruned_sparse" and not self.pruning.enabled:
+            raise ValueError(f"variant {variant!r} prunes the channel-pruned model's weights "
+                             "with the pruning settings, so it needs pruning.enabled: true.")
 
 
 class BenchmarkConfig(Section):

@@ -24,7 +24,7 @@ CONVERTER_QUANTIZATION = {"float32": "none", "dynamic_range": "dynamic_range",
                           "int8": "int8", "float16": "float16"}
 # The custom ops' weight precision per variant: dynamic_range keeps activations float.
 OP_PRECISION = {"float32": "float32", "dynamic_range": "int8"}
-SPARSE_PHASES = ("pruned", "pqat")
+SPARSE_PHASES = ("pruned", "pqat", "channel_pruned_sparse")
 
 
 def lowering_modes(config: ModelConfig, phase: str, quantization: str) -> dict[str, str]:

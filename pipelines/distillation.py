@@ -8,9 +8,10 @@ Two signals, added to the student's usual loss on the true labels:
   ``loss = (1 - alpha) * CE(y, p_s) + alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T))``;
 - attention transfer (Zagoruyko and Komodakis, "Paying More Attention to Attention",
   ICLR 2017): for each pair of layers (student layer -> teacher layer) with outputs of
-  the same spatial size, ``beta / 2 * || Q_s / ||Q_s|| - Q_t / ||Q_t|| ||_2`` where
-  ``Q = sum_c |A_c|^2`` is the activation's attention map, averaged over the batch and
-  summed over the pairs.
+  the same spatial size, ``beta / (2 H W) * || Q_s / ||Q_s|| - Q_t / ||Q_t|| ||_2``
+  where ``Q = sum_c |A_c|^2`` is the activation's H x W attention map, averaged over
+  the batch and summed over the pairs (beta over the map's elements, as the paper
+  sets it).
 
 `Distiller` is a `keras.Model` that wraps both models and trains the student alone;
 `fit_distilled` trains it the way `pipelines.train.fit` trains every phase (it is
@@ -22,11 +23,13 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+import numpy as np
 from absl import logging
 
 from core.errors import UserError
@@ -143,18 +146,23 @@ def attention_map(activation) -> tf.Tensor:
 
 
 def attention_loss(student_activation, teacher_activation, beta: float) -> tf.Tensor:
-    """beta / 2 * ||Q_s / ||Q_s|| - Q_t / ||Q_t|| ||_2 per sample, shape [batch].
+    """beta / (2 H W) * ||Q_s / ||Q_s|| - Q_t / ||Q_t|| ||_2 per sample, shape [batch].
 
-    The channel counts may differ, the spatial sizes must not. The norm's gradient is
-    taken as 0 where the maps are equal (a student that starts as a copy of its
-    teacher), where d||x||/dx = x / ||x|| would be 0 / 0.
+    As in the paper, beta is divided by the number of elements of the attention map
+    (its footnote: 10^3 divided by them and by the batch size, whose division is the
+    mean over the batch), so the term stays near 0.1 whatever the resolution and
+    does not drown the soft targets. The channel counts may differ, the spatial
+    sizes must not. The norm's gradient is taken as 0 where the maps are equal (a
+    student that starts as a copy of its teacher), where d||x||/dx = x / ||x||
+    would be 0 / 0.
     """
     difference = attention_map(student_activation) - attention_map(teacher_activation)
     squared = tf.reduce_sum(tf.square(difference), axis=-1)
     positive = squared > 0
     norm = tf.where(positive, tf.sqrt(tf.where(positive, squared, tf.ones_like(squared))),
                     tf.zeros_like(squared))
-    return beta / 2 * norm
+    elements = tf.cast(tf.shape(difference)[-1], tf.float32)
+    return beta / 2 * norm / elements
 
 
 def distillation_losses(labels, student_probabilities, teacher_probabilities,
@@ -231,6 +239,36 @@ def resolve_layer(model: keras.Model, name: str, role: str) -> keras.layers.Laye
     raise UserError(f"distillation attention_layers: the {role} model {model.name!r} has no layer "
                     f"{name!r}; name one of its top-level layers (a TFMOT-wrapped layer by its "
                     f"own or its wrapper's name) or remove the pair; {hint}")
+
+
+def attention_layers(teacher: keras.Model, patterns: Sequence[str]) -> dict[str, str]:
+    """Attention pairs {name: name} for a student whose layers keep the teacher's
+    names (channel surgery and TFMOT wrappers do): the teacher's layers with 4-D
+    outputs that match a pattern in full, or with no patterns the last such layer at
+    each spatial size above 1 x 1 (the end of each of the paper's layer groups)."""
+    mapped = [layer for layer in teacher.layers if _spatial_size(layer) is not None]
+    if patterns:
+        chosen = [layer.name for layer in mapped
+                  if any(re.fullmatch(pattern, layer.name) for pattern in patterns)]
+        if not chosen:
+            raise UserError(f"distillation attention_transfer.layers {list(patterns)} match no "
+                            f"layer of {teacher.name!r} with a 4-D output (height, width, "
+                            f"channels); such layers are "
+                            f"{', '.join(layer.name for layer in mapped[:12]) or 'none'}.")
+        return {name: name for name in chosen}
+    last_at_size = {_spatial_size(layer): layer.name for layer in mapped
+                    if np.prod(_spatial_size(layer)) > 1}  # a 1 x 1 map is always [1]
+    return {name: name for name in last_at_size.values()}
+
+
+def _spatial_size(layer: keras.layers.Layer) -> tuple | None:
+    """(height, width) of a layer's one 4-D output; None for inputs, other ranks and
+    layers called more than once."""
+    if isinstance(layer, keras.layers.InputLayer) or len(layer.inbound_nodes) != 1:
+        return None
+    outputs = tf.nest.flatten(layer.output)
+    shape = outputs[0].shape if len(outputs) == 1 else None
+    return tuple(shape[1:3]) if shape is not None and shape.rank == 4 else None
 
 
 def _output_in(model: keras.Model, layer: keras.layers.Layer, role: str):

@@ -81,19 +81,24 @@ def _first_benchmark(variant: dict) -> dict:
 def variants_table(variants: list[dict]) -> str:
     """Markdown table, one row per variant, with its first (host) benchmark and its
     speed against the same model's float32 variant there."""
-    lines = ["| model | variant | size (KiB) | gzip (KiB) | sparsity | accuracy | Keras accuracy "
-             "| max abs err | top-1 agree | mean ms | p90 ms | vs float32 |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | variant | size (KiB) | gzip (KiB) | M mult-adds | sparsity | accuracy "
+             "| Keras accuracy | max abs err | top-1 agree | mean ms | p90 ms | vs float32 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for v in variants:
         b = _first_benchmark(v)
         float32 = _same_setting(_variant(variants, v["model"], "float32"), b)
         speed = f"{float32['mean_ms'] / b['mean_ms']:.2f}x" if float32 and b.get("mean_ms") else "–"
         lines.append(
             f"| {v['model']} | {v['name']} | {v['file_bytes'] / 1024:.1f} | "
-            f"{v['gzip_bytes'] / 1024:.1f} | {v['sparsity']:.1%} | {v['accuracy']:.2%} | "
+            f"{v['gzip_bytes'] / 1024:.1f} | {_fmt(_millions(v.get('mult_adds')), '.2f')} | "
+            f"{v['sparsity']:.1%} | {v['accuracy']:.2%} | "
             f"{v['keras_accuracy']:.2%} | {v['max_abs_error']:.2e} | {v['top1_agreement']:.2%} | "
             f"{_fmt(b.get('mean_ms'), '.3f')} | {_fmt(b.get('p90_ms'), '.3f')} | {speed} |")
     return "\n".join(lines)
+
+
+def _millions(count: int | None) -> float | None:
+    return None if count is None else count / 1e6
 
 
 def _variant(variants: list[dict], model: str, name: str) -> dict | None:
@@ -232,7 +237,31 @@ def _model_section(model: dict) -> str:
                   for r in pruned["layers"]]
     if model.get("pqat"):
         lines += ["", f"- sparsity after prune-preserving QAT: {model['pqat']['sparsity']:.1%}"]
+    if model.get("channel_pruning"):
+        lines += ["", *_channel_pruning_lines(model["channel_pruning"])]
+    if model.get("channel_pruned_sparse"):
+        lines += ["", "- pruning of the channel-pruned model: achieved "
+                  f"{model['channel_pruned_sparse']['sparsity']:.1%} over the pruned weights"]
     return "\n".join(lines)
+
+
+def _channel_pruning_lines(record: dict) -> list[str]:
+    (kind, target), = record["target"].items()
+    before, after = record["mult_adds"]["before"], record["mult_adds"]["after"]
+    lines = [f"- channel pruning ({record['criterion']}): target {kind} {target:.0%} of the float "
+             f"model's, reached {record['achieved'][kind]:.1%} in {record['removal_steps']} "
+             f"removal steps; mult-adds {before / 1e6:.2f} M -> {after / 1e6:.2f} M, parameters "
+             f"{record['params']['before']:,} -> {record['params']['after']:,}"]
+    if not record["reached"]:
+        lines.append(f"- **target not reached**: {record['note']}")
+    lines += ["", "| channel group | channels before | channels after | removal steps |",
+              "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {g['channels_before']} | {g['channels_after']} | {g['removal_steps']} |"
+              for name, g in record["groups"].items()]
+    if record["unprunable"]:
+        lines += ["", "Selected but kept whole: " + "; ".join(
+            f"{name} ({why})" for name, why in record["unprunable"].items())]
+    return lines
 
 
 def render_markdown(results: dict) -> str:

@@ -44,7 +44,13 @@ from tflite.inspect import inspect_model
 from tflite.ops import sparse_gru_lowering, sparse_separable_lowering
 from tflite.runtime.binding import library_path as runtime_library_path
 
-TRAINING_PHASES = ("float", "pruned", "qat", "pqat")
+TRAINING_PHASES = ("float", "pruned", "qat", "pqat", "channel_pruned", "channel_pruned_sparse")
+# Phases with the float model's architecture (pruning and QAT change no layer's size).
+FLOAT_SHAPED_PHASES = ("float", "pruned", "qat", "pqat")
+# What results.json keeps of the channel pruning phase's record (the stage manifest
+# keeps all of it: every removal step and the loss curves).
+CHANNEL_PRUNING_SUMMARY = ("criterion", "target", "reached", "achieved", "note", "params",
+                           "mult_adds", "channels", "removal_steps", "groups", "unprunable")
 
 
 class ModelRun:
@@ -78,12 +84,20 @@ class ModelRun:
                                              files_digest(builder_sources(c.builder))))
         self._plan_phase("float", self.keys["data"], self.keys["model"], c.train.model_dump(),
                          self.run.seed)
+        # The teacher is the float model, whose key every phase already has.
+        taught = [c.distillation.model_dump()] if c.distillation.enabled else []
         if c.pruning.enabled:
-            self._plan_phase("pruned", self.keys["float"], c.pruning.model_dump())
+            self._plan_phase("pruned", self.keys["float"], c.pruning.model_dump(), *taught)
         if c.qat.enabled:
-            self._plan_phase("qat", self.keys["float"], c.qat.model_dump())
+            self._plan_phase("qat", self.keys["float"], c.qat.model_dump(), *taught)
         if c.qat.prune_preserving and c.pruning.enabled:
-            self._plan_phase("pqat", self.keys["pruned"], c.qat.model_dump())
+            self._plan_phase("pqat", self.keys["pruned"], c.qat.model_dump(), *taught)
+        if c.channel_pruning.enabled:
+            self._plan_phase("channel_pruned", self.keys["float"],
+                             c.channel_pruning.model_dump(), self.run.seed, *taught)
+        if any(variant_stage(v)[0] == "channel_pruned_sparse" for v in c.variants):
+            self._plan_phase("channel_pruned_sparse", self.keys["channel_pruned"],
+                             c.pruning.model_dump(), *taught)
 
     def _plan_phase(self, phase: str, *inputs) -> None:
         self.keys[phase] = stage_key(phase, *inputs, keras_io.phase_path(self.folder, phase).name)
@@ -141,16 +155,29 @@ class ModelRun:
     def optimize(self) -> None:
         c = self.config
         logs = self.folder / "logs"
+
+        def teacher() -> keras.Model | None:
+            return self.keras_model("float") if c.distillation.enabled else None
+
         if "pruned" in self.keys:
             self._phase("pruned", lambda: optimize.prune(
-                self.keras_model("float"), self.data, c, logs / "pruned"))
+                self.keras_model("float"), self.data, c, logs / "pruned", teacher()))
         if "qat" in self.keys:
             self._phase("qat", lambda: optimize.quantize_aware(
-                self.keras_model("float"), self.data, c, logs / "qat"))
+                self.keras_model("float"), self.data, c, logs / "qat", teacher()))
         if "pqat" in self.keys:
             pruned_layers = sorted({r["layer"] for r in self.records["pruned"]["layers"]})
             self._phase("pqat", lambda: optimize.prune_preserving_qat(
-                self.keras_model("pruned"), self.data, c, logs / "pqat", pruned_layers))
+                self.keras_model("pruned"), self.data, c, logs / "pqat", pruned_layers,
+                teacher()))
+        if "channel_pruned" in self.keys:
+            self._phase("channel_pruned", lambda: optimize.channel_prune(
+                self.keras_model("float"), self.data, c, logs / "channel_pruned", self.run.seed,
+                teacher()))
+        if "channel_pruned_sparse" in self.keys:
+            self._phase("channel_pruned_sparse", lambda: optimize.prune(
+                self.keras_model("channel_pruned"), self.data, c,
+                logs / "channel_pruned_sparse", teacher()))
 
     # -- conversion, validation, benchmark -------------------------------------------
 
@@ -226,7 +253,7 @@ class ModelRun:
                     failures.append(str(e))
                     continue
             rows.append({"model": self.config.name, "name": variant, **converted, **validation,
-                         "benchmarks": []})
+                         **self.phase_cost(variant_stage(variant)[0]), "benchmarks": []})
         if failures:
             raise ValidationFailed("validation failed: " + " ".join(failures))
         for row in rows:
@@ -242,12 +269,29 @@ class ModelRun:
                  "mult_adds": cost.total_mult_adds,
                  "keras_accuracy": self.records["float"]["keras_accuracy"],
                  "stage_keys": dict(self.keys)}
-        for phase, field in (("pruned", "pruning"), ("pqat", "pqat")):
+        for phase, field in (("pruned", "pruning"), ("pqat", "pqat"),
+                             ("channel_pruned_sparse", "channel_pruned_sparse")):
             if phase in self.records:
                 record = self.records[phase]
                 entry[field] = {k: record[k] for k in ("schedule", "sparsity", "layers")
                                 if k in record}
+        if "channel_pruned" in self.records:
+            record = self.records["channel_pruned"]
+            entry["channel_pruning"] = {k: record[k] for k in CHANNEL_PRUNING_SUMMARY}
         return entry
+
+    def phase_cost(self, phase: str) -> dict[str, int]:
+        """Parameters and mult-adds of a phase's model (channel pruning shrinks them;
+        sparsity and QAT leave the dense counts as they are)."""
+        if phase in FLOAT_SHAPED_PHASES:
+            phase = "float"
+        if phase == "channel_pruned_sparse":
+            phase = "channel_pruned"
+        if phase == "channel_pruned":
+            record = self.records[phase]
+            return {"params": record["params"]["after"], "mult_adds": record["mult_adds"]["after"]}
+        cost = summarize(self.keras_model(phase))
+        return {"params": cost.total_params, "mult_adds": cost.total_mult_adds}
 
 
 @functools.cache

@@ -97,6 +97,52 @@ def test_variant_stage():
     assert variant_stage("pruned_int8") == ("pruned", "int8")
     assert variant_stage("pqat_int8") == ("pqat", "int8")
     assert variant_stage("dynamic_range") == ("float", "dynamic_range")
+    assert variant_stage("channel_pruned_int8") == ("channel_pruned", "int8")
+    assert variant_stage("channel_pruned_sparse_float32") == ("channel_pruned_sparse", "float32")
+
+
+def test_channel_pruning_and_distillation_sections():
+    config = parse_config(minimal(
+        channel_pruning={"enabled": True, "target_channels": 0.6, "layers": ["conv_pw_.*"]},
+        distillation={"enabled": True, "attention_transfer": {"enabled": True, "beta": 500}},
+        variants=["channel_pruned_float32", "channel_pruned_sparse_int8"]))
+    model = config.models[0]
+    # Giving target_channels alone replaces the default mult-adds target.
+    assert (model.channel_pruning.target_channels, model.channel_pruning.target_mult_adds) == \
+        (0.6, None)
+    assert model.channel_pruning.criterion == "taylor"
+    assert model.distillation.attention_transfer.beta == 500
+    assert not parse_config(minimal()).models[0].channel_pruning.enabled
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"variants": ["channel_pruned_int8"]}, "needs channel_pruning.enabled: true"),
+    ({"variants": ["channel_pruned_sparse_float32"], "pruning": {"enabled": False},
+      "channel_pruning": {"enabled": True}}, "so it needs pruning.enabled: true"),
+    ({"channel_pruning": {"target_mult_adds": 0.5, "target_channels": 0.5}},
+     "set exactly one of target_mult_adds and target_channels"),
+    ({"channel_pruning": {"target_mult_adds": None}},
+     "set exactly one of target_mult_adds and target_channels"),
+    ({"channel_pruning": {"target_mult_adds": 1.0}},
+     r"channel_pruning.target_mult_adds: input should be less than 1"),
+    ({"channel_pruning": {"criterion": "weight"}},
+     r"channel_pruning.criterion: input should be 'taylor', 'l1' or 'random'"),
+    ({"channel_pruning": {"flops_regularization": -1}},
+     "channel_pruning.flops_regularization: input should be greater than or equal to 0"),
+    ({"channel_pruning": {"channels_per_step": 0}},
+     "channel_pruning.channels_per_step: input should be greater than or equal to 1"),
+    ({"channel_pruning": {"layers": ["["]}},
+     r"channel_pruning.layers: '\[' \(item 0\) is not a valid regular expression"),
+    ({"distillation": {"temperature": 0}},
+     "distillation.temperature: input should be greater than 0"),
+    ({"distillation": {"alpha": 1.5}}, "distillation.alpha: input should be less than or equal"),
+    ({"distillation": {"attention_transfer": {"beta": float("inf")}}},
+     "distillation.attention_transfer.beta: input should be a finite number"),
+    ({"distillation": {"attention": True}}, "distillation: unknown key 'attention'"),
+])
+def test_bad_channel_pruning_and_distillation_settings(model, message):
+    with pytest.raises(UserError, match=message):
+        parse_config(minimal(**model))
 
 
 @pytest.mark.parametrize("name", ["../../escape", "", "a/b", "a.b", "plots", "Plots", "x" * 65,

@@ -68,7 +68,9 @@ def test_attention_map_and_loss_match_numpy():
     student = rng.normal(size=(2, 3, 3, 2)).astype(np.float32)
     teacher = rng.normal(size=(2, 3, 3, 6)).astype(np.float32)  # more channels, same H x W
     np.testing.assert_allclose(attention_map(student).numpy(), np_attention(student), rtol=1e-5)
-    expected = 1e3 / 2 * np.linalg.norm(np_attention(student) - np_attention(teacher), axis=-1)
+    # beta over the map's 3 x 3 elements, as the paper sets it
+    expected = 1e3 / 2 / 9 * np.linalg.norm(np_attention(student) - np_attention(teacher),
+                                            axis=-1)
     np.testing.assert_allclose(attention_loss(student, teacher, 1e3).numpy(), expected,
                                rtol=1e-4)
 
