@@ -20,6 +20,20 @@ def test_default_config_is_valid_and_has_both_models():
     assert config.models[1].pruning.schedule == "narang"
 
 
+@pytest.mark.parametrize("path", sorted(DEFAULT_CONFIG.parent.glob("*.yaml")),
+                         ids=lambda path: path.name)
+def test_shipped_configs_are_valid(path):
+    assert load_config(path).models
+
+
+def test_channel_pruning_example_enables_it_and_the_default_does_not():
+    example = load_config(DEFAULT_CONFIG.parent / "channel_pruning.yaml").models[0]
+    assert example.channel_pruning.enabled and example.distillation.enabled
+    assert "channel_pruned_int8" in example.variants
+    assert not any(m.channel_pruning.enabled or m.distillation.enabled
+                   for m in load_config().models)
+
+
 def test_override_addresses_models_by_name():
     data = yaml.safe_load(DEFAULT_CONFIG.read_text())
     apply_override(data, "models.gru.train.epochs=3")

@@ -73,7 +73,8 @@ def build_model(x_shape: tuple[int, int, int], w: StoredMatrix, r: StoredMatrix,
                 extra_inputs: int = 0, drop_input: int | None = None,
                 non_constant: str = "") -> bytes:
     """One SparseGRU op over a float32 input; constants 64-byte aligned (the
-    array named `non_constant` is written without data)."""
+    array named `non_constant` is written without data, as a model input fed at
+    run time)."""
     model = schema.ModelT()
     model.version = 3
     model.description = "SparseGRU kernel test"
@@ -102,11 +103,15 @@ def build_model(x_shape: tuple[int, int, int], w: StoredMatrix, r: StoredMatrix,
              np.dtype(np.uint16): schema.TensorType.UINT16,
              np.dtype(np.int32): schema.TensorType.INT32}
 
+    fed = []
+
     def const(name: str, array: np.ndarray | None) -> int:
         if array is None:
             return -1
-        return add(name, array.shape, types[array.dtype],
-                   None if name == non_constant else array)
+        index = add(name, array.shape, types[array.dtype], None if name == non_constant else array)
+        if name == non_constant:
+            fed.append(index)
+        return index
 
     x = add("x", x_shape, schema.TensorType.FLOAT32)
     inputs = [x]
@@ -128,13 +133,14 @@ def build_model(x_shape: tuple[int, int, int], w: StoredMatrix, r: StoredMatrix,
     op.customOptions = list(options if isinstance(options, bytes) else options_bytes(**options))
     op.customOptionsFormat = schema.CustomOptionsFormat.FLEXBUFFERS
     graph = schema.SubGraphT()
-    graph.tensors, graph.inputs, graph.outputs, graph.operators = tensors, [x], [y], [op]
+    graph.tensors, graph.inputs, graph.outputs, graph.operators = tensors, [x, *fed], [y], [op]
     graph.name = "main"
     model.subgraphs = [graph]
     signature = schema.SignatureDefT()
     signature.signatureKey, signature.subgraphIndex = "serving_default", 0
-    signature.inputs = [schema.TensorMapT()]
-    signature.inputs[0].name, signature.inputs[0].tensorIndex = "x", x
+    signature.inputs = [schema.TensorMapT() for _ in graph.inputs]
+    for entry, index in zip(signature.inputs, graph.inputs):
+        entry.name, entry.tensorIndex = tensors[index].name, index
     signature.outputs = [schema.TensorMapT()]
     signature.outputs[0].name, signature.outputs[0].tensorIndex = "y", y
     model.signatureDefs = [signature]
