@@ -54,8 +54,8 @@ from core.keras_env import keras, tf
 from models.summary import summarize
 from pipelines.channel_surgery import ChannelGroup, channel_groups, shrink
 from pipelines.data import Dataset
-from pipelines.distillation import (DistillationSettings, distillation_losses, fit_distilled,
-                                    resolve_layer)
+from pipelines.distillation import (DistillationSettings, attention_pair_layers,
+                                    distillation_losses, fit_distilled, output_in)
 from pipelines.train import compile_model, fit, set_seed
 
 CRITERIA = ("taylor", "l1", "random")
@@ -77,7 +77,7 @@ class ChannelPruningSettings:
     target_mult_adds: float | None = 0.5
     target_channels: float | None = None
     prune_every: int = 10
-    channels_per_step: int = 1
+    channels_per_step: int = 16  # each removal retraces the model: one map would take hours
     finetune_epochs: int = 1
     layers: tuple[str, ...] = ()
 
@@ -232,19 +232,12 @@ class _Teaching:
 
 
 def _attention_pairs(model: keras.Model, teacher: Teacher | None) -> list[tuple]:
-    """(student output, teacher output) of each attention pair, spatial sizes checked."""
+    """(student output, teacher output) of each attention pair, checked as the Distiller
+    checks them."""
     if teacher is None:
         return []
-    pairs = []
-    for student_name, teacher_name in teacher.settings.attention_layers.items():
-        student = resolve_layer(model, student_name, "student").output
-        taught = resolve_layer(teacher.model, teacher_name, "teacher").output
-        if student.shape.rank != 4 or tuple(student.shape[1:3]) != tuple(taught.shape[1:3]):
-            raise UserError(f"channel pruning: attention pair '{student_name}' -> "
-                            f"'{teacher_name}' has maps {tuple(student.shape)} and "
-                            f"{tuple(taught.shape)}; pair layers with the same height and width.")
-        pairs.append((student, taught))
-    return pairs
+    return [(output_in(model, student, "student"), output_in(teacher.model, taught, "teacher"))
+            for student, taught in attention_pair_layers(model, teacher.model, teacher.settings)]
 
 
 def _compiled_step(tapped: keras.Model, model: keras.Model,
@@ -258,7 +251,9 @@ def _compiled_step(tapped: keras.Model, model: keras.Model,
     optimizer.build(model.trainable_variables)  # slots made in the first call trace it twice
     attention = teaching.pairs if teaching else 0
 
-    @tf.function(input_signature=signature)
+    # No autograph: the step's branches and loops are Python's, and autograph would
+    # re-read this module's source at every retrace (one per surgery).
+    @tf.function(input_signature=signature, autograph=False)
     def step(x, y):
         if teaching:
             taught, *taught_maps = (tf.stop_gradient(t) for t in

@@ -271,7 +271,7 @@ def _spatial_size(layer: keras.layers.Layer) -> tuple | None:
     return tuple(shape[1:3]) if shape is not None and shape.rank == 4 else None
 
 
-def _output_in(model: keras.Model, layer: keras.layers.Layer, role: str):
+def output_in(model: keras.Model, layer: keras.layers.Layer, role: str):
     """The symbolic output `layer` has in `model`'s graph (a layer shared with another
     model, such as the layers a pruning clone leaves unwrapped, has one per model)."""
     nodes = [node for nodes in model._nodes_by_depth.values() for node in nodes
@@ -300,7 +300,7 @@ def _feature_model(model: keras.Model, layers: Sequence[keras.layers.Layer], rol
                    ) -> keras.Model:
     """A model over `model`'s own layers returning [probabilities, *activations]: one
     call per step, so wrapper state (the pruning step) advances once per step."""
-    outputs = [model.outputs[0], *(_output_in(model, layer, role) for layer in layers)]
+    outputs = [model.outputs[0], *(output_in(model, layer, role) for layer in layers)]
     return keras.Model(model.inputs, outputs, name=f"{model.name}_distillation_features")
 
 
@@ -369,15 +369,10 @@ class Distiller(keras.Model):
                          teacher.name)
             teacher = _copy_of(teacher)
         self._check_classes(student, teacher)
-        pairs = list(settings.attention_layers.items())
+        pairs = attention_pair_layers(student, teacher, settings)
         if pairs:
-            _check_graph_model(student, "student")
-            _check_graph_model(teacher, "teacher")
-            student_layers = [resolve_layer(student, s, "student") for s, _ in pairs]
-            teacher_layers = [resolve_layer(teacher, t, "teacher") for _, t in pairs]
-            for (s_name, t_name), s_layer, t_layer in zip(pairs, student_layers, teacher_layers):
-                _check_pair(s_name, _output_in(student, s_layer, "student"),
-                            t_name, _output_in(teacher, t_layer, "teacher"))
+            student_layers = [s for s, _ in pairs]
+            teacher_layers = [t for _, t in pairs]
             features = _Untracked(
                 student=_feature_model(student, student_layers, "student"),
                 teacher=_feature_model(teacher, teacher_layers, "teacher"))
@@ -457,6 +452,25 @@ class Distiller(keras.Model):
         self._loss_tracker.update_state(ce, sample_weight=sample_weight)
         self._accuracy.update_state(y, probabilities, sample_weight=sample_weight)
         return {"loss": self._loss_tracker.result(), "accuracy": self._accuracy.result()}
+
+
+def attention_pair_layers(student: keras.Model, teacher: keras.Model,
+                          settings: DistillationSettings) -> list[tuple]:
+    """(student layer, teacher layer) of each configured attention pair, both models
+    graph models with one output and each pair's maps of one spatial size; else one
+    UserError naming the pair."""
+    if not settings.attention_layers:
+        return []
+    _check_graph_model(student, "student")
+    _check_graph_model(teacher, "teacher")
+    pairs = []
+    for s_name, t_name in settings.attention_layers.items():
+        s_layer = resolve_layer(student, s_name, "student")
+        t_layer = resolve_layer(teacher, t_name, "teacher")
+        _check_pair(s_name, output_in(student, s_layer, "student"),
+                    t_name, output_in(teacher, t_layer, "teacher"))
+        pairs.append((s_layer, t_layer))
+    return pairs
 
 
 def _check_pair(student_name: str, student_output, teacher_name: str, teacher_output) -> None:

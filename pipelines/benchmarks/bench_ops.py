@@ -48,26 +48,30 @@ def prune_by_magnitude(model: keras.Model, sparsity: float) -> None:
 Job = tuple[Path, int]  # a model and a thread count
 
 
-def measure_in_rounds(jobs: list[Job], rounds: int, settings: RunSettings) -> list[float]:
-    """Mean µs of each (model, threads) over `rounds` rounds of one runner call each,
+def measure_in_rounds(jobs: list[Job], rounds: int, settings: RunSettings) -> list[dict]:
+    """µs of each (model, threads) over `rounds` rounds of one runner call each,
     every other round in reverse order: on a shared machine whose speed drifts, the
-    drift then falls on all alike and their ratios hold. Means are weighted by run
-    counts."""
+    drift then falls on all alike and their ratios hold. `mean_us` is weighted by
+    run counts; `median_us`, the median of the rounds' medians, is what one slow
+    round (another process's burst) cannot move."""
     total_us = dict.fromkeys(jobs, 0.0)
     count = dict.fromkeys(jobs, 0)
+    medians: dict[Job, list[float]] = {job: [] for job in jobs}
     for round_index in range(rounds):
         for job in jobs if round_index % 2 == 0 else jobs[::-1]:
             path, threads = job
             steady = run_on_host(runner_binary(), path, threads, settings)["steady_state"]
             total_us[job] += steady["mean_us"] * steady["count"]
             count[job] += steady["count"]
-    return [total_us[job] / count[job] for job in jobs]
+            medians[job].append(steady["p50_us"])
+    return [{"mean_us": total_us[job] / count[job], "median_us": float(np.median(medians[job]))}
+            for job in jobs]
 
 
 def measure_models(models: list[tuple[dict, bytes]], folder: Path, label: str,
                    threads: list[int], rounds: int, settings: RunSettings) -> list[dict]:
     """Each (row, flatbuffer) at each thread count, all measured together in
-    alternating rounds: the rows with threads, mean_us and file_bytes added."""
+    alternating rounds: the rows with threads, mean_us, median_us and file_bytes added."""
     jobs: list[Job] = []
     for index, (row, flatbuffer) in enumerate(models):
         path = folder / f"{label.replace(' ', '_')}_{index}_{row['impl']}.tflite"
@@ -75,8 +79,8 @@ def measure_models(models: list[tuple[dict, bytes]], folder: Path, label: str,
         jobs += [(path, count) for count in threads]
     logging.info("measuring %d models of %s at %s thread(s) in %d round(s)",
                  len(models), label, ",".join(map(str, threads)), rounds)
-    means = iter(measure_in_rounds(jobs, rounds, settings))
-    return [{**row, "threads": count, "mean_us": next(means), "file_bytes": len(flatbuffer)}
+    timings = iter(measure_in_rounds(jobs, rounds, settings))
+    return [{**row, "threads": count, **next(timings), "file_bytes": len(flatbuffer)}
             for row, flatbuffer in models for count in threads]
 
 
