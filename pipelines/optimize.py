@@ -50,10 +50,11 @@ def distillation_settings(config: ModelConfig, teacher: keras.Model) -> Distilla
 def _fit_phase(model: keras.Model, data: Dataset, config: ModelConfig, teacher: keras.Model | None,
                *, epochs: int, learning_rate: float, log_dir: Path, callbacks: list = ()
                ) -> dict[str, list[float]]:
-    """`train.fit`, or with distillation on, the same training taught by `teacher`."""
+    """`train.fit`, or with a `teacher` (given when distillation is on), the same
+    training taught by it."""
     common = dict(epochs=epochs, batch_size=config.train.batch_size,
                   learning_rate=learning_rate, log_dir=log_dir, callbacks=list(callbacks))
-    if teacher is None or not config.distillation.enabled:
+    if teacher is None:
         return fit(model, data, **common)
     return fit_distilled(model, teacher, data, distillation_settings(config, teacher), **common)
 
@@ -157,8 +158,7 @@ def channel_pruning_settings(config: ModelConfig) -> ChannelPruningSettings:
 def channel_prune(model: keras.Model, data: Dataset, config: ModelConfig, log_dir: Path,
                   seed: int, teacher: keras.Model | None = None) -> tuple[keras.Model, dict]:
     """Molchanov et al.'s channel pruning of the float model to a smaller one."""
-    taught = (Teacher(teacher, distillation_settings(config, teacher))
-              if teacher is not None and config.distillation.enabled else None)
+    taught = None if teacher is None else Teacher(teacher, distillation_settings(config, teacher))
     return prune_channels(model, data, channel_pruning_settings(config),
                           batch_size=config.train.batch_size,
                           learning_rate=config.channel_pruning.learning_rate, log_dir=log_dir,

@@ -45,8 +45,6 @@ from tflite.ops import sparse_gru_lowering, sparse_separable_lowering
 from tflite.runtime.binding import library_path as runtime_library_path
 
 TRAINING_PHASES = ("float", "pruned", "qat", "pqat", "channel_pruned", "channel_pruned_sparse")
-# Phases with the float model's architecture (pruning and QAT change no layer's size).
-FLOAT_SHAPED_PHASES = ("float", "pruned", "qat", "pqat")
 # What results.json keeps of the channel pruning phase's record (the stage manifest
 # keeps all of it: every removal step and the loss curves).
 CHANNEL_PRUNING_SUMMARY = ("criterion", "target", "reached", "achieved", "note", "params",
@@ -262,7 +260,7 @@ class ModelRun:
 
     def summary(self) -> dict:
         c = self.config
-        cost = summarize(self.keras_model("float"))
+        cost = self._float_cost
         entry = {"name": c.name, "builder": c.builder, "options": c.options,
                  "data": self.data.description, "input_shape": list(self.data.input_shape),
                  "num_classes": self.data.num_classes, "params": cost.total_params,
@@ -281,17 +279,18 @@ class ModelRun:
         return entry
 
     def phase_cost(self, phase: str) -> dict[str, int]:
-        """Parameters and mult-adds of a phase's model (channel pruning shrinks them;
-        sparsity and QAT leave the dense counts as they are)."""
-        if phase in FLOAT_SHAPED_PHASES:
-            phase = "float"
-        if phase == "channel_pruned_sparse":
-            phase = "channel_pruned"
-        if phase == "channel_pruned":
-            record = self.records[phase]
+        """Parameters and mult-adds of a phase's model: channel pruning shrinks them;
+        sparsity and QAT leave the float model's dense counts as they are."""
+        if phase.startswith("channel_pruned"):
+            record = self.records["channel_pruned"]
             return {"params": record["params"]["after"], "mult_adds": record["mult_adds"]["after"]}
-        cost = summarize(self.keras_model(phase))
-        return {"params": cost.total_params, "mult_adds": cost.total_mult_adds}
+        return {"params": self._float_cost.total_params,
+                "mult_adds": self._float_cost.total_mult_adds}
+
+    @functools.cached_property
+    def _float_cost(self):
+        """models.summary of the float model, counted once for the summary and every row."""
+        return summarize(self.keras_model("float"))
 
 
 @functools.cache
